@@ -252,6 +252,8 @@ void bc_iov_from_buf(const struct iovec *iov, int iovcnt, uint64_t skip, const v
                      size_t len);
 /* Zero len bytes of iov starting at byte skip. */
 void bc_iov_memset(const struct iovec *iov, int iovcnt, uint64_t skip, int c, size_t len);
+/* Parse "4096", "64K", "1M", "2G", "1T" (binary units); false on junk or overflow. */
+bool bc_parse_size(const char *s, uint64_t *out);
 
 /* The GError domain for blockcore setup errors. */
 #define BC_ERROR bc_error_quark()
