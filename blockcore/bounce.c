@@ -1,0 +1,132 @@
+/* SPDX-License-Identifier: MIT */
+/* Bounce buffers under a process-wide budget: when it is used up, requests queue (FIFO)
+ * and are woken on their own loop when memory comes back; memory never grows unbounded. */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "blockcore/bc-internal.h"
+
+/* All of these are protected by lock. */
+static struct {
+    pthread_mutex_t lock;
+    size_t budget;
+    size_t in_use;
+    size_t peak;
+    struct bc_bounce_wait *head, *tail;     /* waiters, FIFO */
+} bounce = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .budget = BC_BOUNCE_DEFAULT_BUDGET,
+};
+
+void bc_bounce_set_budget(size_t bytes)
+{
+    pthread_mutex_lock(&bounce.lock);
+    bounce.budget = MAX(bytes, (size_t)64 << 10);
+    pthread_mutex_unlock(&bounce.lock);
+}
+
+size_t bc_bounce_budget(void)
+{
+    size_t b;
+
+    pthread_mutex_lock(&bounce.lock);
+    b = bounce.budget;
+    pthread_mutex_unlock(&bounce.lock);
+    return b;
+}
+
+void bc_bounce_usage(size_t *in_use, size_t *peak)
+{
+    pthread_mutex_lock(&bounce.lock);
+    if (in_use)
+        *in_use = bounce.in_use;
+    if (peak)
+        *peak = bounce.peak;
+    pthread_mutex_unlock(&bounce.lock);
+}
+
+void bc_bounce_reset_peak(void)
+{
+    pthread_mutex_lock(&bounce.lock);
+    bounce.peak = bounce.in_use;
+    pthread_mutex_unlock(&bounce.lock);
+}
+
+void *bc_buf_alloc(size_t len)
+{
+    void *p;
+
+    if (posix_memalign(&p, 4096, len ? len : 1))
+        g_error("out of memory allocating %zu bytes of I/O buffer", len);
+    return p;
+}
+
+void bc_buf_free(void *buf)
+{
+    free(buf);
+}
+
+/* Called with the lock held: can len bytes be handed out now?  A request larger than
+ * the whole budget runs alone rather than never. */
+static bool fits(size_t len)
+{
+    return bounce.in_use + len <= bounce.budget || bounce.in_use == 0;
+}
+
+static void account(size_t len)
+{
+    bounce.in_use += len;
+    if (bounce.in_use > bounce.peak)
+        bounce.peak = bounce.in_use;
+}
+
+void *bc_bounce_get(size_t len, struct bc_bounce_wait *w, struct bc_loop *loop)
+{
+    pthread_mutex_lock(&bounce.lock);
+    if (!bounce.head && fits(len)) {
+        account(len);
+        pthread_mutex_unlock(&bounce.lock);
+        return bc_buf_alloc(len);
+    }
+    w->loop = loop;
+    w->len = len;
+    w->buf = NULL;
+    w->next = NULL;
+    if (bounce.tail)
+        bounce.tail->next = w;
+    else
+        bounce.head = w;
+    bounce.tail = w;
+    pthread_mutex_unlock(&bounce.lock);
+    return NULL;
+}
+
+void bc_bounce_put(void *buf, size_t len)
+{
+    struct bc_bounce_wait *ready = NULL, **rtail = &ready;
+
+    bc_buf_free(buf);
+    pthread_mutex_lock(&bounce.lock);
+    assert(bounce.in_use >= len);
+    bounce.in_use -= len;
+    while (bounce.head && fits(bounce.head->len)) {
+        struct bc_bounce_wait *w = bounce.head;
+        bounce.head = w->next;
+        if (!bounce.head)
+            bounce.tail = NULL;
+        account(w->len);
+        w->next = NULL;
+        *rtail = w;
+        rtail = &w->next;
+    }
+    pthread_mutex_unlock(&bounce.lock);
+
+    /* Allocate and wake outside the lock. */
+    while (ready) {
+        struct bc_bounce_wait *w = ready;
+        ready = w->next;
+        w->buf = bc_buf_alloc(w->len);
+        bc_loop_wake(w->loop, &w->task);
+    }
+}
