@@ -1,0 +1,4 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+# blockcore write serialization and parallelism (GTest, see t/unit/bc-concurrency.c).  LAYERFS_TEST_SEED overrides the seeds.
+exec "${LAYERFS_BUILDDIR:-$(dirname "$0")/..}/t/bin/bc-concurrency" --tap --keep-going

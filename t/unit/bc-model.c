@@ -1,0 +1,461 @@
+/* SPDX-License-Identifier: MIT */
+/* Randomized model test of the generic device layer: batches of concurrent random reads,
+ * writes, write-zeroes and discards against the ram driver, checked against a byte model. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "t/unit/test-util.h"
+
+enum op_kind { K_READ, K_WRITE, K_ZERO, K_DISCARD, K_FLUSH };
+static const char *const kind_names[] = { "read", "write", "write-zeroes", "discard", "flush" };
+
+struct op {
+    unsigned seq;
+    enum op_kind kind;
+    unsigned flags;
+    uint64_t off, len;
+    struct tu_buf buf;
+    struct iovec iov[TU_MAX_IOV];
+    int iovcnt;
+    int expect;             /* expected res; 1 = "0 or -ENOSPC" (discard past the end) */
+    struct tu_io io;
+};
+
+struct run {
+    const char *name;
+    struct bc_dev *dev;
+    struct bc_loop *loop;
+    struct tu_model model;
+    uint64_t size;
+    uint32_t align, mem_align, max_transfer;
+    GRand *rand;
+    unsigned failures;
+};
+
+static void describe(const struct run *r, const struct op *o, char *out, size_t n)
+{
+    snprintf(out, n, "%s op #%u %s%s%s off=%" PRIu64 " len=%" PRIu64 " iovcnt=%d misalign=%zu",
+             r->name, o->seq, kind_names[o->kind],
+             (o->flags & BC_REQ_MAY_UNMAP) ? "+unmap" : "",
+             (o->flags & BC_REQ_FUA) ? "+fua" : "", o->off, o->len, o->iovcnt,
+             o->buf.misalign);
+}
+
+static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return alen && blen && a < b + blen && b < a + alen;
+}
+
+static uint64_t rand_u64(GRand *r, uint64_t lo, uint64_t hi)   /* [lo, hi] */
+{
+    if (hi <= lo)
+        return lo;
+    uint64_t span = hi - lo + 1;
+    uint64_t v = ((uint64_t)g_rand_int(r) << 32) | g_rand_int(r);
+    return lo + v % span;
+}
+
+/* Pick an offset and length with a mix of shapes that reach every path in dev.c. */
+static void pick_range(struct run *r, uint64_t *off, uint64_t *len)
+{
+    uint64_t size = r->size, a = r->align;
+    int shape = g_rand_int_range(r->rand, 0, 100);
+
+    if (shape < 8) {                        /* empty */
+        *len = 0;
+        *off = rand_u64(r->rand, 0, size);
+    } else if (shape < 16) {                /* one byte */
+        *len = 1;
+        *off = rand_u64(r->rand, 0, size - 1);
+    } else if (shape < 40) {                /* small, sector-sharing */
+        *len = rand_u64(r->rand, 1, 700);
+        *off = rand_u64(r->rand, 0, size - 1);
+    } else if (shape < 60) {                /* a few sectors, unaligned */
+        *len = rand_u64(r->rand, 1, 5 * a);
+        *off = rand_u64(r->rand, 0, size - 1);
+    } else if (shape < 75) {                /* aligned: the pass-through path */
+        *len = a * rand_u64(r->rand, 1, 16);
+        *off = a * rand_u64(r->rand, 0, size / a - 1);
+    } else if (shape < 85) {                /* larger than max_transfer */
+        *len = rand_u64(r->rand, r->max_transfer / 2, 3 * (uint64_t)r->max_transfer + a + 7);
+        *off = rand_u64(r->rand, 0, size - 1);
+    } else if (shape < 92) {                /* aligned head, unaligned tail or v.v. */
+        *len = rand_u64(r->rand, 1, 4 * a);
+        *off = a * rand_u64(r->rand, 0, size / a - 1);
+        if (g_rand_boolean(r->rand))
+            *off += a - (*len % a);
+    } else {                                /* around the end of the device */
+        *off = rand_u64(r->rand, size > 3 * a ? size - 3 * a : 0, size + a);
+        *len = rand_u64(r->rand, 1, 4 * a);
+    }
+}
+
+static void op_done(void *opaque, int res);
+
+struct batch_ctx {
+    struct run *r;
+    unsigned pending;
+};
+
+/* Check a finished op against the model, then apply it to the model. */
+static void complete_op(struct run *r, struct op *o)
+{
+    char d[256];
+    int res = o->io.res;
+    describe(r, o, d, sizeof d);
+
+    bool res_ok = o->expect == 1 ? (res == 0 || res == -ENOSPC) : res == o->expect;
+    if (!res_ok) {
+        g_test_message("FAIL %s: result %d (%s), expected %d (%s)", d, res,
+                       res < 0 ? g_strerror(-res) : "ok", o->expect,
+                       o->expect < 0 ? g_strerror(-o->expect) : "ok or -ENOSPC");
+        r->failures++;
+    }
+    switch (o->kind) {
+    case K_READ:
+        tu_buf_check_guards(&o->buf, d);
+        if (res == 0 && !tu_model_check(&r->model, o->off, o->buf.p, o->len, d))
+            r->failures++;
+        break;
+    case K_WRITE:
+        tu_buf_check_guards(&o->buf, d);
+        if (res == 0)
+            tu_model_write(&r->model, o->off, o->buf.p, o->len);
+        break;
+    case K_ZERO:
+        if (res == 0)
+            tu_model_zero(&r->model, o->off, o->len);
+        break;
+    case K_DISCARD:
+        /* Advisory: the range may now read as anything, whatever the result. */
+        tu_model_forget(&r->model, o->off, o->len);
+        break;
+    case K_FLUSH:
+        break;
+    }
+}
+
+static void op_done(void *opaque, int res)
+{
+    tu_io_cb(opaque, res);
+}
+
+/* Build, start and complete one batch of up to n ops on pairwise disjoint byte ranges. */
+static void run_batch(struct run *r, unsigned *seq, int n)
+{
+    struct op *ops = g_new0(struct op, n);
+    unsigned pending = 0;
+    int count = 0;
+
+    for (int i = 0; i < n; i++) {
+        struct op *o = &ops[count];
+        int roll = g_rand_int_range(r->rand, 0, 100);
+        o->kind = roll < 40 ? K_READ : roll < 75 ? K_WRITE : roll < 87 ? K_ZERO
+                  : roll < 96 ? K_DISCARD : K_FLUSH;
+        if (o->kind != K_FLUSH) {
+            bool placed = false;
+            for (int tries = 0; tries < 20 && !placed; tries++) {
+                pick_range(r, &o->off, &o->len);
+                placed = true;
+                for (int j = 0; j < count; j++)
+                    if (overlaps(o->off, o->len, ops[j].off, ops[j].len))
+                        placed = false;
+            }
+            if (!placed)
+                continue;
+        }
+        /* Zero-length writes past the end are not something to pin down here. */
+        if (o->len == 0 && o->off > r->size)
+            o->off = r->size;
+        bool past_end = o->off + o->len > r->size;
+
+        switch (o->kind) {
+        case K_READ:
+        case K_WRITE: {
+            size_t mis;
+            int m = g_rand_int_range(r->rand, 0, 3);
+            if (m == 0)
+                mis = 0;
+            else if (m == 1)
+                mis = r->mem_align * (size_t)g_rand_int_range(r->rand, 0, 4096 / r->mem_align + 1)
+                      % 4096;
+            else
+                mis = (size_t)g_rand_int_range(r->rand, 0, 4096);
+            tu_buf_init(&o->buf, o->len, mis);
+            if (o->kind == K_READ)
+                memset(o->buf.p, 0xEE, o->len);
+            else
+                tu_fill_random(r->rand, o->buf.p, o->len);
+            if (g_rand_boolean(r->rand)) {
+                o->iov[0] = (struct iovec){ .iov_base = o->buf.p, .iov_len = o->len };
+                o->iovcnt = 1;
+            } else {
+                o->iovcnt = tu_split_iov(r->rand, o->buf.p, o->len, o->iov,
+                                         g_rand_int_range(r->rand, 1, 5) == 1 ? TU_MAX_IOV : 8);
+            }
+            if (o->kind == K_WRITE && g_rand_int_range(r->rand, 0, 8) == 0)
+                o->flags |= BC_REQ_FUA;
+            o->expect = (o->kind == K_WRITE && past_end && o->len) ? -ENOSPC : 0;
+            break;
+        }
+        case K_ZERO:
+            if (g_rand_boolean(r->rand))
+                o->flags |= BC_REQ_MAY_UNMAP;
+            o->expect = (past_end && o->len) ? -ENOSPC : 0;
+            break;
+        case K_DISCARD:
+            o->expect = past_end ? 1 : 0;
+            break;
+        case K_FLUSH:
+            o->off = o->len = 0;
+            o->expect = 0;
+            break;
+        }
+        o->seq = (*seq)++;
+        count++;
+    }
+
+    for (int i = 0; i < count; i++) {
+        struct op *o = &ops[i];
+        tu_io_start(&o->io, &pending);
+        switch (o->kind) {
+        case K_READ:
+            bc_dev_readv(r->dev, r->loop, o->iov, o->iovcnt, o->off, op_done, &o->io);
+            break;
+        case K_WRITE:
+            bc_dev_writev(r->dev, r->loop, o->iov, o->iovcnt, o->off, o->flags, op_done, &o->io);
+            break;
+        case K_ZERO:
+            bc_dev_write_zeroes(r->dev, r->loop, o->off, o->len, o->flags, op_done, &o->io);
+            break;
+        case K_DISCARD:
+            bc_dev_discard(r->dev, r->loop, o->off, o->len, op_done, &o->io);
+            break;
+        case K_FLUSH:
+            bc_dev_flush(r->dev, r->loop, op_done, &o->io);
+            break;
+        }
+        if (o->io.done) {
+            char d[256];
+            describe(r, o, d, sizeof d);
+            g_error("%s: callback ran inside the submitting call", d);
+        }
+    }
+    tu_run_until_done(r->loop, &pending);
+    for (int i = 0; i < count; i++) {
+        complete_op(r, &ops[i]);
+        if (ops[i].kind == K_READ || ops[i].kind == K_WRITE)
+            tu_buf_free(&ops[i].buf);
+    }
+    g_free(ops);
+}
+
+struct model_cfg {
+    const char *name;
+    uint64_t size;
+    uint32_t align, mem_align, max_transfer;
+    int ops;
+    guint32 seed;
+};
+
+static void model_run(gconstpointer data)
+{
+    const struct model_cfg *c = data;
+    struct run r = { .name = c->name, .size = c->size, .align = c->align,
+                     .mem_align = c->mem_align, .max_transfer = c->max_transfer };
+
+    r.loop = tu_loop_new();
+    r.dev = tu_open_ram(c->size, c->align, c->mem_align, c->max_transfer);
+    guint32 seed = tu_seed(c->seed);
+    r.rand = g_rand_new_with_seed(seed);
+
+    /* Start from known random contents so stale data cannot pass for new. */
+    tu_model_init(&r.model, c->size, true);
+    uint8_t *init = bc_buf_alloc(c->size);
+    tu_fill_random(r.rand, init, c->size);
+    g_assert_cmpint(tu_pwrite(r.dev, r.loop, init, c->size, 0), ==, 0);
+    tu_model_write(&r.model, 0, init, c->size);
+    bc_buf_free(init);
+    g_assert_true(tu_model_verify_dev(&r.model, r.dev, r.loop, "initial contents"));
+
+    unsigned seq = 0;
+    while (seq < (unsigned)c->ops) {
+        int n = g_rand_int_range(r.rand, 1, 100) < 15 ? 1 : g_rand_int_range(r.rand, 2, 17);
+        unsigned before = r.failures;
+        run_batch(&r, &seq, n);
+        if (r.failures != before) {
+            g_test_message("%s: failing batch ended at op #%u (seed %" G_GUINT32_FORMAT ")",
+                           c->name, seq, seed);
+            break;
+        }
+    }
+    g_assert_cmpuint(r.failures, ==, 0);
+    g_assert_true(tu_model_verify_dev(&r.model, r.dev, r.loop, "final contents"));
+
+    struct bc_dev_stats st;
+    bc_dev_get_stats(r.dev, &st);
+    g_test_message("%s: %u ops; driver inflight max %" PRIu64 ", rmw %" PRIu64
+                   ", bounced %" PRIu64 ", blocker waits %" PRIu64, c->name, seq,
+                   st.driver_inflight_max, st.rmw, st.bounced, st.blocker_waits);
+    g_assert_cmpuint(st.driver_inflight, ==, 0);
+    g_assert_cmpuint(st.driver_inflight_max, >, 1);    /* the batches really were concurrent */
+    g_assert_cmpuint(st.rmw, >, 0);
+    g_assert_cmpuint(st.bounced, >, 0);
+    size_t in_use, peak;
+    bc_bounce_usage(&in_use, &peak);
+    g_assert_cmpuint(in_use, ==, 0);                   /* every bounce buffer came back */
+
+    g_rand_free(r.rand);
+    tu_model_free(&r.model);
+    bc_dev_close(r.dev);
+    tu_loop_free(r.loop);
+}
+
+/* ---- hand-picked edge cases, so a failure names its case ----------------------------- */
+
+static void edge_run(gconstpointer data)
+{
+    const struct model_cfg *c = data;
+    struct bc_loop *loop = tu_loop_new();
+    struct bc_dev *dev = tu_open_ram(c->size, c->align, c->mem_align, c->max_transfer);
+    const uint64_t S = c->size, A = c->align, MT = c->max_transfer;
+    struct tu_model m;
+    GRand *rand = g_rand_new_with_seed(c->seed);
+
+    tu_model_init(&m, S, true);
+    uint8_t *init = bc_buf_alloc(S);
+    tu_fill_random(rand, init, S);
+    g_assert_cmpint(tu_pwrite(dev, loop, init, S, 0), ==, 0);
+    tu_model_write(&m, 0, init, S);
+    bc_buf_free(init);
+
+    struct { const char *what; uint64_t off, len; } writes[] = {
+        { "1 byte at 0", 0, 1 },
+        { "1 byte at align-1", A - 1, 1 },
+        { "1 byte at align", A, 1 },
+        { "2 bytes across a sector boundary", 2 * A - 1, 2 },
+        { "one whole sector, aligned", 3 * A, A },
+        { "one sector's worth, unaligned", 5 * A + 1, A },
+        { "many sectors, unaligned both ends", 7 * A + 3, 9 * A + 5 },
+        { "max_transfer+1, aligned start", 32 * A, MT + 1 },
+        { "3*max_transfer+odd, unaligned", 64 * A + 77, 3 * MT + 333 },
+        { "last byte of the device", S - 1, 1 },
+        { "tail of the device, unaligned start", S - A - 17, A + 17 },
+        { "0 bytes at the end", S, 0 },
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(writes); i++) {
+        uint64_t off = writes[i].off, len = writes[i].len;
+        struct tu_buf b;
+        tu_buf_init(&b, len, i % 2 ? 1 : 0);
+        tu_fill_random(rand, b.p, len);
+        int res = tu_pwrite(dev, loop, b.p, len, off);
+        if (res != 0)
+            g_error("%s: write %s [%" PRIu64 ", +%" PRIu64 "): %s", c->name, writes[i].what,
+                    off, len, g_strerror(-res));
+        tu_model_write(&m, off, b.p, len);
+        tu_buf_free(&b);
+        g_autofree char *ctx = g_strdup_printf("%s: after write %s", c->name, writes[i].what);
+        /* Read back the written range plus a sector either side. */
+        uint64_t roff = off > A ? off - A : 0, rlen = len + 2 * A;
+        uint8_t *rb = g_malloc(rlen);
+        g_assert_cmpint(tu_pread(dev, loop, rb, rlen, roff), ==, 0);
+        g_assert_true(tu_model_check(&m, roff, rb, rlen, ctx));
+        g_free(rb);
+    }
+
+    /* Writes and write-zeroes that cross or start past the end fail and change nothing. */
+    struct { const char *what; uint64_t off, len; } bad[] = {
+        { "crossing the end by 1", S - 10, 11 },
+        { "crossing the end, aligned", (S / A - 1) * A, 2 * A },
+        { "starting at the end", S, 1 },
+        { "starting past the end", S + 5 * A, A },
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
+        uint8_t *wb = g_malloc(bad[i].len);
+        memset(wb, 0x5A, bad[i].len);
+        int res = tu_pwrite(dev, loop, wb, bad[i].len, bad[i].off);
+        if (res != -ENOSPC)
+            g_error("%s: write %s: got %d, want -ENOSPC", c->name, bad[i].what, res);
+        res = tu_zero(dev, loop, bad[i].off, bad[i].len, 0);
+        if (res != -ENOSPC)
+            g_error("%s: write-zeroes %s: got %d, want -ENOSPC", c->name, bad[i].what, res);
+        res = tu_zero(dev, loop, bad[i].off, bad[i].len, BC_REQ_MAY_UNMAP);
+        if (res != -ENOSPC)
+            g_error("%s: write-zeroes+unmap %s: got %d, want -ENOSPC", c->name, bad[i].what,
+                    res);
+        g_free(wb);
+    }
+    g_assert_true(tu_model_verify_dev(&m, dev, loop, "after failed writes past the end"));
+
+    /* Reads past the end fill zeros, whatever was in the buffer. */
+    struct { const char *what; uint64_t off, len; } reads[] = {
+        { "crossing the end", S - 100, 300 },
+        { "crossing the end by a lot", S - A - 3, 5 * A },
+        { "entirely past the end", S + 1, 1000 },
+        { "far past the end", S + (1u << 30), 4096 },
+        { "0 bytes past the end", S + 100, 0 },
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(reads); i++) {
+        struct tu_buf b;
+        tu_buf_init(&b, reads[i].len, 3);
+        memset(b.p, 0xEE, reads[i].len);
+        int res = tu_pread(dev, loop, b.p, reads[i].len, reads[i].off);
+        if (res != 0)
+            g_error("%s: read %s: %s", c->name, reads[i].what, g_strerror(-res));
+        g_autofree char *ctx = g_strdup_printf("%s: read %s", c->name, reads[i].what);
+        g_assert_true(tu_model_check(&m, reads[i].off, b.p, reads[i].len, ctx));
+        tu_buf_check_guards(&b, ctx);
+        tu_buf_free(&b);
+    }
+
+    /* Zero-length requests of every kind complete with 0. */
+    g_assert_cmpint(tu_pread(dev, loop, NULL, 0, 123), ==, 0);
+    g_assert_cmpint(tu_pwrite(dev, loop, NULL, 0, 123), ==, 0);
+    g_assert_cmpint(tu_pwritev(dev, loop, NULL, 0, 123, 0), ==, 0);
+    g_assert_cmpint(tu_zero(dev, loop, 123, 0, 0), ==, 0);
+    g_assert_cmpint(tu_discard(dev, loop, 123, 0), ==, 0);
+
+    /* Write-zeroes, both flavours, unaligned and aligned, read back as zeros. */
+    g_assert_cmpint(tu_zero(dev, loop, A + 5, 3 * A, 0), ==, 0);
+    tu_model_zero(&m, A + 5, 3 * A);
+    g_assert_cmpint(tu_zero(dev, loop, 10 * A + 7, 2 * A + 9, BC_REQ_MAY_UNMAP), ==, 0);
+    tu_model_zero(&m, 10 * A + 7, 2 * A + 9);
+    g_assert_cmpint(tu_zero(dev, loop, 20 * A, 8 * A, BC_REQ_MAY_UNMAP), ==, 0);
+    tu_model_zero(&m, 20 * A, 8 * A);
+    g_assert_cmpint(tu_zero(dev, loop, 30 * A, MT * 2 + A, 0), ==, 0);
+    tu_model_zero(&m, 30 * A, MT * 2 + A);
+    g_assert_true(tu_model_verify_dev(&m, dev, loop, "after write-zeroes"));
+
+    /* Discard leaves everything outside its range alone. */
+    g_assert_cmpint(tu_discard(dev, loop, 40 * A + 3, 4 * A), ==, 0);
+    tu_model_forget(&m, 40 * A + 3, 4 * A);
+    g_assert_true(tu_model_verify_dev(&m, dev, loop, "after discard"));
+
+    g_assert_cmpint(tu_flush(dev, loop), ==, 0);
+
+    g_rand_free(rand);
+    tu_model_free(&m);
+    bc_dev_close(dev);
+    tu_loop_free(loop);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct model_cfg cfgs[] = {
+        { "align512",            (2u << 20),        512,  512,  64u << 10, 3000, 1010 },
+        { "align4096",           (2u << 20),        4096, 4096, 64u << 10, 3000, 1011 },
+        { "align512-mem4096",    (2u << 20) + 1000, 512,  4096, 64u << 10, 2000, 1012 },
+        { "align4096-mem512",    (2u << 20) + 1000, 4096, 512,  32u << 10, 2000, 1013 },
+        { "align4096-odd-size",  (1u << 20) + 1000, 4096, 4096, 16u << 10, 2000, 1014 },
+    };
+    tu_init(&argc, &argv, 50);
+    for (size_t i = 0; i < G_N_ELEMENTS(cfgs); i++) {
+        g_autofree char *p1 = g_strdup_printf("/model/edge/%s", cfgs[i].name);
+        g_autofree char *p2 = g_strdup_printf("/model/random/%s", cfgs[i].name);
+        g_test_add_data_func(p1, &cfgs[i], edge_run);
+        g_test_add_data_func(p2, &cfgs[i], model_run);
+    }
+    return g_test_run();
+}
