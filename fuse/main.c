@@ -11,6 +11,8 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+
+#include <liburing.h>
 #include <unistd.h>
 
 #include "fuse/front.h"
@@ -237,8 +239,49 @@ static void open_disks(struct fo_daemon *d, const struct lf_config *cfg, bool de
     }
 }
 
+/*
+ * lf_disk_close() waits on the caller's loop with bc_loop_run_once(loop, true) until its
+ * flush callback ran; when that callback is a deferred task (a read-only disk has nothing
+ * to flush) the task runs and the loop then blocks for an event that never comes.  Until
+ * that is fixed below us, closing happens on a main-thread loop that a short timeout keeps
+ * waking.
+ */
+struct fo_ticker {
+    struct bc_uop uop;
+    struct bc_loop *loop;
+    struct __kernel_timespec ts;
+    bool armed;
+    bool stop;
+};
+
+static void ticker_arm(struct fo_ticker *t);
+
+static void ticker_done(struct bc_uop *uop, int res, unsigned flags)
+{
+    struct fo_ticker *t = (struct fo_ticker *)uop;
+
+    t->armed = false;
+    if (!t->stop)
+        ticker_arm(t);
+}
+
+static void ticker_arm(struct fo_ticker *t)
+{
+    struct io_uring_sqe *sqe = bc_loop_sqe(t->loop, &t->uop);
+
+    t->ts.tv_sec = 0;
+    t->ts.tv_nsec = 5 * 1000 * 1000;
+    io_uring_prep_timeout(sqe, &t->ts, 0, 0);
+    t->armed = true;
+}
+
 static void close_disks(struct fo_daemon *d, int *status)
 {
+    struct fo_ticker t = { .uop.done = ticker_done };
+
+    t.loop = bc_loop_new(0, 16, NULL);
+    if (t.loop != NULL)
+        ticker_arm(&t);
     for (unsigned i = 0; i < d->ndisks; i++) {
         int r = lf_disk_close(d->disks[i].disk);
         if (r < 0) {
@@ -249,6 +292,12 @@ static void close_disks(struct fo_daemon *d, int *status)
     }
     g_free(d->disks);
     d->disks = NULL;
+    if (t.loop != NULL) {
+        t.stop = true;
+        while (t.armed)
+            bc_loop_run_once(t.loop, true);
+        bc_loop_free(t.loop);
+    }
 }
 
 struct fo_disk *fo_disk_of(struct fo_daemon *d, fuse_ino_t ino)

@@ -1,0 +1,299 @@
+/* SPDX-License-Identifier: MIT */
+/* The configuration parser (layers/config.c): what the key file and the inline --disk form
+ * accept, what they reject, and that every message names FILE:GROUP:KEY. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <glib.h>
+#include <glib/gstdio.h>
+
+#include "layers/layers.h"
+
+static char *tmpdir;
+
+/* Write text to a fresh file in tmpdir; returns its path. */
+static char *conf(const char *text)
+{
+    static unsigned n;
+    char *path = g_strdup_printf("%s/c%u.conf", tmpdir, n++);
+
+    g_assert_true(g_file_set_contents(path, text, -1, NULL));
+    return path;
+}
+
+static const struct lf_layer_cfg *layer(const struct lf_config *cfg, guint d, guint l)
+{
+    const struct lf_disk_cfg *dc = g_ptr_array_index(cfg->disks, d);
+
+    return g_ptr_array_index(dc->layers, l);
+}
+
+/* Loading text must fail with a message containing want (with FILE replaced by the path). */
+static void expect_error(const char *text, const char *want)
+{
+    g_autofree char *path = conf(text);
+    g_autoptr(GError) err = NULL;
+    g_autofree char *msg = NULL;
+    GString *w = g_string_new(want);
+
+    g_string_replace(w, "FILE", path, 0);
+    msg = g_string_free(w, FALSE);
+    struct lf_config *cfg = lf_config_load(path, &err);
+    if (cfg != NULL) {
+        lf_config_free(cfg);
+        g_test_message("accepted, wanted an error containing: %s", msg);
+        g_test_fail();
+        return;
+    }
+    if (strstr(err->message, msg) == NULL) {
+        g_test_message("got:  %s", err->message);
+        g_test_message("want: ...%s...", msg);
+        g_test_fail();
+    }
+}
+
+static void expect_inline_error(const char *spec, const char *want)
+{
+    struct lf_config *cfg = lf_config_new();
+    g_autoptr(GError) err = NULL;
+
+    g_assert_true(lf_config_add_inline(cfg, "taken=/x.img", NULL));
+    if (lf_config_add_inline(cfg, spec, &err)) {
+        g_test_message("--disk %s accepted, wanted: %s", spec, want);
+        g_test_fail();
+    } else if (strstr(err->message, want) == NULL) {
+        g_test_message("--disk %s: got: %s; want: ...%s...", spec, err->message, want);
+        g_test_fail();
+    }
+    lf_config_free(cfg);
+}
+
+static void test_valid(void)
+{
+    g_autofree char *path = conf(
+        "# two disks\n"
+        "[disk vm]\n"
+        "layers = top base\n"
+        "\n"
+        "[disk scratch]\n"
+        "layers = mem\n"
+        "read-only = yes\n"
+        "\n"
+        "[layer top]\n"
+        "format = overlay\n"
+        "path = top.img\n"
+        "create = true\n"
+        "block-size = 64K\n"
+        "direct = false\n"
+        "\n"
+        "[layer base]\n"
+        "path = /images/base.raw\n"
+        "read-only = true\n"
+        "\n"
+        "[layer mem]\n"
+        "driver = ram\n"
+        "size = 16M\n"
+        "align = 4096\n");
+    g_autoptr(GError) err = NULL;
+    struct lf_config *cfg = lf_config_load(path, &err);
+
+    g_assert_no_error(err);
+    g_assert_cmpuint(cfg->disks->len, ==, 2);
+    const struct lf_disk_cfg *vm = g_ptr_array_index(cfg->disks, 0);
+    const struct lf_disk_cfg *scratch = g_ptr_array_index(cfg->disks, 1);
+    g_assert_cmpstr(vm->name, ==, "vm");
+    g_assert_false(vm->read_only);
+    g_assert_cmpuint(vm->layers->len, ==, 2);
+    g_assert_cmpstr(scratch->name, ==, "scratch");
+    g_assert_true(scratch->read_only);
+
+    const struct lf_layer_cfg *top = layer(cfg, 0, 0), *base = layer(cfg, 0, 1);
+    g_autofree char *want_top = g_build_filename(tmpdir, "top.img", NULL);
+    g_assert_cmpstr(top->name, ==, "top");
+    g_assert_cmpstr(top->format, ==, "overlay");
+    g_assert_cmpstr(top->driver, ==, "file");
+    g_assert_cmpstr(top->path, ==, want_top); /* relative to the config file */
+    g_assert_true(top->create);
+    g_assert_false(top->direct);
+    g_assert_cmpuint(top->block_size, ==, 65536);
+    g_assert_true(g_str_has_suffix(top->origin, ":layer top"));
+    g_assert_cmpstr(base->format, ==, "raw");
+    g_assert_cmpstr(base->path, ==, "/images/base.raw");
+    g_assert_true(base->direct); /* the default */
+    g_assert_true(base->read_only);
+    g_assert_false(base->write_through);
+    g_assert_false(base->read_cache);
+
+    const struct lf_layer_cfg *mem = layer(cfg, 1, 0);
+    g_assert_cmpstr(mem->driver, ==, "ram");
+    g_assert_null(mem->path);
+    g_assert_cmpstr(g_hash_table_lookup(mem->driver_opts, "size"), ==, "16M");
+    g_assert_cmpstr(g_hash_table_lookup(mem->driver_opts, "align"), ==, "4096");
+    g_assert_cmpuint(g_hash_table_size(mem->driver_opts), ==, 2);
+    lf_config_free(cfg);
+}
+
+static void test_stack_rules(void)
+{
+    g_autofree char *path = conf(
+        "[disk d]\nlayers = c1, c2; mem base\n"
+        "[layer c1]\nformat = ram\nwrite-through = true\n"
+        "[layer c2]\nformat = overlay\npath = /c2\nwrite-through = on\nread-cache = 1\n"
+        "[layer mem]\nformat = ram\n"
+        "[layer base]\npath = /b\n");
+    g_autoptr(GError) err = NULL;
+    struct lf_config *cfg = lf_config_load(path, &err);
+
+    g_assert_no_error(err);
+    g_assert_cmpuint(((struct lf_disk_cfg *)g_ptr_array_index(cfg->disks, 0))->layers->len, ==,
+                     4);
+    g_assert_true(layer(cfg, 0, 0)->write_through);
+    g_assert_null(layer(cfg, 0, 0)->driver);
+    g_assert_true(layer(cfg, 0, 1)->read_cache);
+    g_assert_false(layer(cfg, 0, 2)->write_through);
+    lf_config_free(cfg);
+
+    expect_error("[disk d]\nlayers = a b c\n[layer a]\npath=/a\n"
+                 "[layer b]\npath=/b\nwrite-through=true\n[layer c]\npath=/c\n",
+                 "FILE:layer b:write-through: write-through layers must all be above");
+    expect_error("[disk d]\nlayers = a b\n[layer a]\npath=/a\nwrite-through=true\n"
+                 "[layer b]\npath=/b\nwrite-through=true\n",
+                 "FILE:layer b:write-through: the bottom layer of disk d cannot be");
+    expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\nwrite-through=true\n",
+                 "FILE:layer a:write-through: the bottom layer");
+}
+
+static void test_errors(void)
+{
+    expect_error("[disks d]\nlayers = a\n", "FILE:disks d: unknown group");
+    expect_error("[layer]\npath=/a\n", "FILE:layer: unknown group");
+    expect_error("[disk d]\nlayers = a\ncolour = red\n[layer a]\npath=/a\n",
+                 "FILE:disk d:colour: unknown key (disk keys: layers read-only)");
+    expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\nsize = 1M\n",
+                 "FILE:layer a:size: unknown key (layer keys:");
+    expect_error("[disk d]\nlayers = a\n[layer a]\ndriver=null\nfault-len = 1M\n",
+                 "FILE:layer a:fault-len: unknown key (layer keys: format driver path direct "
+                 "read-only read-cache write-through create block-size; driver null adds: "
+                 "size align)");
+    expect_error("[disk d]\nlayers = a\nread-only = maybe\n[layer a]\npath=/a\n",
+                 "FILE:disk d:read-only: not a boolean: 'maybe'");
+    expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\ndirect = 2\n",
+                 "FILE:layer a:direct: not a boolean: '2'");
+    expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\nformat=overlay\nblock-size=3K\n",
+                 "FILE:layer a:block-size: '3K' is not a power of two");
+    expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\nformat=overlay\nblock-size=1X\n",
+                 "FILE:layer a:block-size: '1X' is not a power of two");
+    expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\nblock-size=64K\n",
+                 "FILE:layer a:block-size: only layers of format overlay or ram");
+    expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\nformat=qcow2\n",
+                 "FILE:layer a:format: unknown format 'qcow2'");
+    expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\ndriver=nfs\n",
+                 "FILE:layer a:driver: unknown driver 'nfs' (known:");
+    expect_error("[disk d]\nlayers = a b\n[layer a]\npath=/a\n",
+                 "FILE:disk d:layers: no [layer b] in FILE");
+    expect_error("[disk d]\nlayers = a\n[disk e]\nlayers = a\n[layer a]\npath=/a\n",
+                 "FILE:disk e:layers: layer a is already used by disk d");
+    expect_error("[disk d]\nlayers = a a\n[layer a]\npath=/a\n",
+                 "FILE:disk d:layers: layer a is listed twice");
+    expect_error("[disk d]\nlayers = \n[layer a]\npath=/a\n",
+                 "FILE:disk d:layers: a disk needs at least one layer");
+    expect_error("[disk d]\nread-only = false\n", "FILE:disk d:layers: missing");
+    expect_error("[disk d]\nlayers = a\n[disk d]\nlayers = a\n[layer a]\npath=/a\n",
+                 "FILE:disk d: group defined twice");
+    expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\npath=/b\n",
+                 "FILE:layer a:path: key set twice");
+    expect_error("[disk d]\nlayers = a\n[layer a]\nformat=raw\n",
+                 "FILE:layer a:path: required for driver file");
+    expect_error("[disk d]\nlayers = a\n[layer a]\npath=\n", "FILE:layer a:path: empty path");
+    expect_error("[disk d]\nlayers = a\n[layer a]\nformat=ram\npath=/a\n",
+                 "FILE:layer a:path: a layer of format ram");
+    expect_error("[disk d]\nlayers = a\n[layer a]\nformat=ram\ndriver=ram\n",
+                 "FILE:layer a:driver: a layer of format ram");
+    expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\n[layer b]\npath=/b\n",
+                 "FILE:layer b: not used by any disk");
+    expect_error("[disk a/b]\nlayers = a\n[layer a]\npath=/a\n", "FILE:disk a/b: bad name");
+    expect_error("[disk ..]\nlayers = a\n[layer a]\npath=/a\n", "FILE:disk ..: bad name");
+    expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\n[broken\n", "FILE: ");
+    expect_error("layers = a\n", "FILE: ");
+
+    g_autoptr(GError) err = NULL;
+    g_autofree char *missing = g_build_filename(tmpdir, "no-such.conf", NULL);
+    g_assert_null(lf_config_load(missing, &err));
+    g_assert_true(g_str_has_prefix(err->message, missing));
+    g_assert_nonnull(strstr(err->message, "No such file"));
+}
+
+static void test_inline(void)
+{
+    struct lf_config *cfg = lf_config_new();
+    g_autoptr(GError) err = NULL;
+    g_autofree char *cwd = g_get_current_dir();
+    g_autofree char *rel = g_build_filename(cwd, "rel.img", NULL);
+
+    g_assert_true(lf_config_add_inline(cfg, "a=/img/a.raw", &err));
+    g_assert_no_error(err);
+    g_assert_true(lf_config_add_inline(cfg, "b=format=ram:driver=ram,size=1G", &err));
+    g_assert_no_error(err);
+    g_assert_true(lf_config_add_inline(
+                      cfg, "c=format=overlay,path=/x\\,y\\:z.img,create=yes:rel.img", &err));
+    g_assert_no_error(err);
+    g_assert_true(lf_config_add_inline(cfg, "d=path=/ro.img,read-only=true", &err));
+    g_assert_no_error(err);
+    g_assert_true(lf_config_add_inline(cfg, "e=/odd,name.img", &err));
+    g_assert_no_error(err);
+    g_assert_cmpuint(cfg->disks->len, ==, 5);
+
+    g_assert_cmpstr(layer(cfg, 0, 0)->format, ==, "raw");
+    g_assert_cmpstr(layer(cfg, 0, 0)->driver, ==, "file");
+    g_assert_cmpstr(layer(cfg, 0, 0)->path, ==, "/img/a.raw");
+    g_assert_true(layer(cfg, 0, 0)->direct);
+    g_assert_cmpstr(layer(cfg, 0, 0)->origin, ==, "--disk a:layer 1");
+
+    g_assert_cmpstr(layer(cfg, 1, 0)->format, ==, "ram");
+    g_assert_null(layer(cfg, 1, 0)->driver);
+    g_assert_cmpstr(layer(cfg, 1, 1)->driver, ==, "ram");
+    g_assert_cmpstr(g_hash_table_lookup(layer(cfg, 1, 1)->driver_opts, "size"), ==, "1G");
+    g_assert_cmpstr(layer(cfg, 1, 1)->origin, ==, "--disk b:layer 2");
+
+    g_assert_cmpstr(layer(cfg, 2, 0)->path, ==, "/x,y:z.img");
+    g_assert_true(layer(cfg, 2, 0)->create);
+    g_assert_cmpstr(layer(cfg, 2, 1)->path, ==, rel);
+
+    const struct lf_disk_cfg *d = g_ptr_array_index(cfg->disks, 3);
+    g_assert_true(d->read_only); /* the top layer is */
+    g_assert_false(((struct lf_disk_cfg *)g_ptr_array_index(cfg->disks, 0))->read_only);
+    g_assert_cmpstr(layer(cfg, 4, 0)->path, ==, "/odd,name.img");
+    lf_config_free(cfg);
+
+    expect_inline_error("taken=/y.img", "--disk taken: disk taken is already defined");
+    expect_inline_error("noequals", "--disk noequals: expected NAME=LAYER");
+    expect_inline_error("=/a", "expected NAME=LAYER");
+    expect_inline_error("x=", "expected NAME=LAYER");
+    expect_inline_error("a/b=/x", "--disk a/b: bad disk name");
+    expect_inline_error("x=/a::/b", "--disk x:layer 2: empty layer");
+    expect_inline_error("x=path=/a,junk", "--disk x:layer 1: 'junk' is not KEY=VALUE");
+    expect_inline_error("x=path=/a,colour=red", "--disk x:layer 1:colour: unknown key");
+    expect_inline_error("x=path=/a,direct=perhaps", "--disk x:layer 1:direct: not a boolean");
+    expect_inline_error("x=path=/a,path=/b", "--disk x:layer 1:path: key set twice");
+    expect_inline_error("x=format=raw", "--disk x:layer 1:path: required for driver file");
+    expect_inline_error("x=path=/a,write-through=true",
+                        "--disk x:layer 1:write-through: the bottom layer");
+    expect_inline_error("x=format=ram,path=/a", "--disk x:layer 1:path: a layer of format ram");
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    tmpdir = g_dir_make_tmp("lf-config-XXXXXX", NULL);
+    g_assert_nonnull(tmpdir);
+    g_test_add_func("/config/valid", test_valid);
+    g_test_add_func("/config/stack-rules", test_stack_rules);
+    g_test_add_func("/config/errors", test_errors);
+    g_test_add_func("/config/inline", test_inline);
+    int r = g_test_run();
+    g_autofree char *rm = g_strdup_printf("rm -rf '%s'", tmpdir);
+    if (system(rm) != 0)
+        g_printerr("could not remove %s\n", tmpdir);
+    return r;
+}
