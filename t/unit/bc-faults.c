@@ -263,6 +263,89 @@ static void test_stress(struct fx *f, gconstpointer data)
     g_rand_free(rand);
 }
 
+/* A write bigger than one bounce chunk (here max-transfer 16 KiB, so chunks of 16 KiB)
+ * whose tail RMW read fails: -EIO, and none of it may have landed -- the issue's rule is
+ * that a failed RMW read leaves the target bytes and their neighbours unchanged, and the
+ * engine's design notes say the head and tail blocks are read first. */
+static void test_rmw_tail_eio_multichunk(void)
+{
+    const uint64_t size = 1u << 20, mt = 16u << 10;
+    struct bc_loop *loop = tu_loop_new();
+    struct bc_dev *dev = tu_open_fault(size, A, A, mt);
+    void *fs = bc_dev_driver_state(dev);
+    struct tu_model m;
+    GRand *rand = g_rand_new_with_seed(1042);
+
+    tu_model_init(&m, size, true);
+    uint8_t *init = bc_buf_alloc(size);
+    tu_fill_random(rand, init, size);
+    g_assert_cmpint(tu_pwrite(dev, loop, init, size, 0), ==, 0);
+    tu_model_write(&m, 0, init, size);
+    bc_buf_free(init);
+
+    /* [off, off+len) spans 25 sectors; its tail sector starts at tail. */
+    const uint64_t off = 8 * A + 100, len = 24 * A;
+    const uint64_t tail = (off + len) / A * A;
+    uint8_t *b = g_malloc(len);
+    memset(b, 0xC7, len);
+
+    bc_fault_set(fs, BC_OP_READ, tail, A, EIO, -1);
+    int r = tu_pwrite(dev, loop, b, len, off);
+    bc_fault_clear(fs);
+    g_assert_cmpint(r, ==, -EIO);
+    if (!tu_model_verify_dev(&m, dev, loop, "multi-chunk write whose tail RMW read failed"))
+        g_test_fail_printf("a %" PRIu64 "-byte write at %" PRIu64 " (chunks of %" PRIu64
+                           ") whose tail-sector read at %" PRIu64 " failed with EIO left "
+                           "some of its bytes written", len, off, mt, tail);
+    /* Whatever happened to the target bytes, the neighbours must be intact. */
+    tu_model_forget(&m, off, len);
+    g_assert_true(tu_model_verify_dev(&m, dev, loop, "neighbours of the failed write"));
+    uint8_t *now = g_malloc(len);
+    g_assert_cmpint(tu_pread(dev, loop, now, len, off), ==, 0);
+    tu_model_write(&m, off, now, len);
+    g_free(now);
+
+    /* The head read failing is the easy case: nothing has been written yet. */
+    bc_fault_set(fs, BC_OP_READ, off / A * A, A, EIO, -1);
+    g_assert_cmpint(tu_pwrite(dev, loop, b, len, off + 2 * A), ==, 0);   /* elsewhere: ok */
+    tu_model_write(&m, off + 2 * A, b, len);
+    g_assert_cmpint(tu_pwrite(dev, loop, b, len, off), ==, -EIO);
+    bc_fault_clear(fs);
+    g_assert_true(tu_model_verify_dev(&m, dev, loop, "multi-chunk write whose head read failed"));
+    g_free(b);
+    g_rand_free(rand);
+    tu_model_free(&m);
+    bc_dev_close(dev);
+    tu_loop_free(loop);
+}
+
+/* Rules set by open keys: fault-read-offset/fault-len/fault-errno, and fault-after. */
+static void test_open_keys(void)
+{
+    struct bc_loop *loop = tu_loop_new();
+    uint8_t buf[A];
+
+    struct bc_dev *dev = tu_open(&bc_drv_fault, NULL, false, false, "size", "1M", "align",
+                                 "4096", "fault-read-offset", "8192", "fault-len", "4096",
+                                 "fault-errno", "EIO", NULL);
+    g_assert_cmpint(tu_pread(dev, loop, buf, A, 0), ==, 0);
+    g_assert_cmpint(tu_pread(dev, loop, buf, A, 2 * A), ==, -EIO);
+    g_assert_cmpint(tu_pread(dev, loop, buf, 10, 2 * A + 5), ==, -EIO);
+    g_assert_cmpint(tu_pwrite(dev, loop, buf, A, 2 * A), ==, 0);        /* writes fine */
+    g_assert_cmpint(tu_pwrite(dev, loop, buf, 10, 2 * A + 5), ==, -EIO); /* RMW read */
+    bc_dev_close(dev);
+
+    dev = tu_open(&bc_drv_fault, NULL, false, false, "size", "1M", "align", "4096",
+                  "fault-after", "2", NULL);
+    g_assert_cmpint(tu_pread(dev, loop, buf, A, 0), ==, 0);
+    g_assert_cmpint(tu_pwrite(dev, loop, buf, A, 0), ==, 0);
+    g_assert_cmpint(tu_pread(dev, loop, buf, A, 0), ==, -EIO);
+    g_assert_cmpint(tu_pwrite(dev, loop, buf, A, 0), ==, -EIO);
+    g_assert_cmpint(tu_flush(dev, loop), ==, 0);     /* flush never fails in this driver */
+    bc_dev_close(dev);
+    tu_loop_free(loop);
+}
+
 int main(int argc, char **argv)
 {
     tu_init(&argc, &argv, 50);
@@ -274,5 +357,7 @@ int main(int argc, char **argv)
     ADD("/faults/other-errno", test_other_errno);
     ADD("/faults/after-n", test_after_n);
     ADD("/faults/stress", test_stress);
+    g_test_add_func("/faults/rmw-tail-eio-multichunk", test_rmw_tail_eio_multichunk);
+    g_test_add_func("/faults/open-keys", test_open_keys);
     return g_test_run();
 }

@@ -435,6 +435,22 @@ static void edge_run(gconstpointer data)
 
     g_assert_cmpint(tu_flush(dev, loop), ==, 0);
 
+    /* Block status: write-zeroes with MAY_UNMAP of whole pages leaves a hole, a write
+     * makes data, and past the end is a hole. */
+    const uint64_t h0 = 64u << 10, hl = 64u << 10;
+    uint64_t pnum = 0;
+    g_assert_cmpint(tu_zero(dev, loop, h0, hl, BC_REQ_MAY_UNMAP), ==, 0);
+    tu_model_zero(&m, h0, hl);
+    g_assert_cmpint(bc_dev_block_status(dev, h0, hl, &pnum), ==, 0);
+    g_assert_cmpuint(pnum, ==, hl);
+    g_assert_cmpint(tu_pwrite(dev, loop, "x", 1, h0 + 5), ==, 0);
+    tu_model_write(&m, h0 + 5, (const uint8_t *)"x", 1);
+    g_assert_cmpint(bc_dev_block_status(dev, h0, hl, &pnum), ==, 1);
+    g_assert_cmpuint(pnum, >, 0);
+    g_assert_cmpint(bc_dev_block_status(dev, S + 4096, 4096, &pnum), ==, 0);
+    g_assert_cmpuint(pnum, >, 0);
+    g_assert_true(tu_model_verify_dev(&m, dev, loop, "after block status checks"));
+
     g_rand_free(rand);
     tu_model_free(&m);
     bc_dev_close(dev);
