@@ -1,0 +1,815 @@
+/* SPDX-License-Identifier: MIT */
+/* The transport-independent core of the virtio-blk drivers: properties from the config
+ * space, the bounce pool, per-loop queues, submission and completion.  See virtqueue.h. */
+#include <assert.h>
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <linux/virtio_blk.h>
+#include <linux/virtio_ring.h>
+#include <liburing.h>
+
+#include "blockcore/virtqueue.h"
+
+#define POOL_PAGE 4096u
+#define MAX_TRANSFER_CAP (1u << 20)
+
+/* A loop watching an fd for the core: a queue's call eventfd or the death fd.  Never freed
+ * while a ring may still deliver it: bc_vblk_free() orphans it (q and b NULL, under lock). */
+struct vblk_watch {
+    struct bc_uop uop;
+    GMutex lock;                /* protects q and b against bc_vblk_free() */
+    struct vblk_queue *q;       /* call watch: the queue, NULL once orphaned */
+    struct bc_vblk *b;          /* death watch: the core, NULL once orphaned */
+    struct bc_loop *loop;
+    int fd;
+    struct vblk_watch *next;    /* queue's watch list, then the orphan list */
+};
+
+/* Watches of freed cores; reachable so leak checkers stay quiet. Protected by orphan_lock. */
+static GMutex orphan_lock;
+static struct vblk_watch *orphans;
+
+struct vblk_queue {
+    GMutex lock;                /* protects everything below */
+    struct bc_vq vq;
+    struct bc_vblk_slot *slots; /* one per descriptor, in device memory */
+    uint64_t slots_addr;
+    struct bc_task *wait_head, **wait_tail; /* dreqs waiting for descriptors (dreq->task) */
+    struct vblk_watch *watches; /* loops watching call_fd */
+    int call_fd;
+    unsigned index;
+    struct bc_vblk *b;
+};
+
+struct bc_vblk {
+    char *what;
+    uint64_t features;
+    struct bc_props props;
+    struct bc_vmem mem;
+    const struct bc_vblk_transport *ops;
+    void *t;
+    unsigned nq;
+    struct vblk_queue *q;
+    uint32_t seg_len;           /* bytes per data descriptor */
+    uint32_t max_segs;          /* data descriptors per request */
+    uint64_t max_discard;       /* bytes per DISCARD request */
+    uint64_t max_zeroes;        /* bytes per WRITE_ZEROES request */
+    int dead;                   /* atomic: device gone, everything fails */
+
+    GMutex pool_lock;           /* protects bitmap, hint and the pool wait list */
+    uint8_t *pool;
+    size_t pool_pages;
+    uint64_t *bitmap;           /* 1 = page in use */
+    size_t hint;
+    struct bc_task *pool_head, **pool_tail; /* dreqs waiting for bounce memory, FIFO */
+
+    GMutex death_lock;          /* protects death_watch */
+    struct vblk_watch *death_watch;
+};
+
+enum { PH_IO, PH_FUA_FLUSH, PH_DWZ };
+
+/* Per-request driver state, in dreq->drv_scratch. */
+struct vblk_rs {
+    struct bc_vblk *b;
+    uint8_t *bounce;            /* NULL: the iovecs are in device memory */
+    uint64_t next;              /* discard/zeroes: next byte to issue */
+    uint32_t pages;             /* bounce pages */
+    int16_t res;
+    uint8_t phase;
+};
+G_STATIC_ASSERT(sizeof(struct vblk_rs) <= sizeof(((struct bc_dreq *)0)->drv_scratch));
+
+static struct vblk_rs *rs_of(struct bc_dreq *d)
+{
+    return (struct vblk_rs *)d->drv_scratch;
+}
+
+static struct bc_dreq *dreq_of_task(struct bc_task *t)
+{
+    return (struct bc_dreq *)((char *)t - offsetof(struct bc_dreq, task));
+}
+
+static bool has(const struct bc_vblk *b, unsigned bit)
+{
+    return b->features & (1ull << bit);
+}
+
+static uint32_t pow2_ceil(uint64_t v)
+{
+    uint32_t p = 1;
+    while (p < v && p < (1u << 31))
+        p *= 2;
+    return p;
+}
+
+/* ---- properties -------------------------------------------------------------------- */
+
+bool bc_vblk_props(const char *what, uint64_t features, const struct bc_vblk_config *cfg,
+                   unsigned queue_size, struct bc_props *p, GError **errp)
+{
+    uint32_t blk = 512;
+    uint64_t mt;
+
+    memset(p, 0, sizeof(*p));
+    if (features & (1ull << VIRTIO_BLK_F_BLK_SIZE)) {
+        blk = cfg->blk_size;
+        if (blk < 512 || blk > 65536 || (blk & (blk - 1))) {
+            g_set_error(errp, BC_ERROR, EINVAL, "%s: device reports block size %u", what, blk);
+            return false;
+        }
+    }
+    p->req_align = blk;
+    p->mem_align = 1;   /* we bounce or pass byte-granular addresses */
+    p->size = cfg->capacity * 512 / blk * blk;
+
+    /* max_transfer from size_max/seg_max, and what fits in the queue without indirect
+     * descriptors (header and status take two). */
+    uint64_t seg_len = features & (1ull << VIRTIO_BLK_F_SIZE_MAX) && cfg->size_max
+                           ? cfg->size_max : UINT32_MAX;
+    uint64_t segs = features & (1ull << VIRTIO_BLK_F_SEG_MAX) && cfg->seg_max
+                        ? cfg->seg_max : queue_size;
+    segs = MIN(segs, (uint64_t)queue_size - 2);
+    if (seg_len < POOL_PAGE || segs < 1) {
+        g_set_error(errp, BC_ERROR, EINVAL,
+                    "%s: device limits too small (size_max %u, seg_max %u, queue size %u)",
+                    what, cfg->size_max, cfg->seg_max, queue_size);
+        return false;
+    }
+    mt = MIN(seg_len * segs, (uint64_t)MAX_TRANSFER_CAP);
+    mt = mt / blk * blk;
+    if (mt < blk) {
+        g_set_error(errp, BC_ERROR, EINVAL, "%s: max transfer below the block size", what);
+        return false;
+    }
+    p->max_transfer = (uint32_t)mt;
+
+    if (features & (1ull << VIRTIO_BLK_F_DISCARD)) {
+        uint64_t a = (uint64_t)cfg->discard_sector_alignment * 512;
+        p->discard_align = MAX(blk, pow2_ceil(a));
+    }
+    if (features & (1ull << VIRTIO_BLK_F_WRITE_ZEROES))
+        p->zero_align = blk;
+    p->fua_native = false;
+    p->read_only = features & (1ull << VIRTIO_BLK_F_RO);
+    p->can_grow = false;
+    return true;
+}
+
+size_t bc_vblk_pool_bytes(uint32_t max_transfer)
+{
+    return MAX((size_t)16 << 20, (size_t)max_transfer * 8);
+}
+
+static size_t slots_bytes(unsigned queue_size)
+{
+    return ((size_t)queue_size * sizeof(struct bc_vblk_slot) + POOL_PAGE - 1) / POOL_PAGE *
+           POOL_PAGE;
+}
+
+size_t bc_vblk_mem_bytes(unsigned num_queues, unsigned queue_size, const struct bc_props *p)
+{
+    return num_queues * (bc_vq_ring_bytes(queue_size) + slots_bytes(queue_size)) +
+           bc_vblk_pool_bytes(p->max_transfer);
+}
+
+/* ---- the bounce pool --------------------------------------------------------------- */
+
+static bool page_used(const struct bc_vblk *b, size_t i)
+{
+    return b->bitmap[i / 64] & (1ull << (i % 64));
+}
+
+static void mark_pages(struct bc_vblk *b, size_t first, size_t n, bool used)
+{
+    for (size_t i = first; i < first + n; i++) {
+        if (used)
+            b->bitmap[i / 64] |= 1ull << (i % 64);
+        else
+            b->bitmap[i / 64] &= ~(1ull << (i % 64));
+    }
+}
+
+/* First fit from the hint, wrapping once; caller holds pool_lock. */
+static uint8_t *pool_alloc_locked(struct bc_vblk *b, size_t n)
+{
+    size_t total = b->pool_pages;
+
+    assert(n && n <= total);
+    for (size_t pass = 0, start = b->hint; pass < 2; pass++, start = 0) {
+        size_t i = start, limit = pass ? b->hint + n : total;
+        limit = MIN(limit, total);
+        while (i + n <= limit) {
+            if (b->bitmap[i / 64] == UINT64_MAX && i % 64 == 0) {
+                i += 64;
+                continue;
+            }
+            size_t run = 0;
+            while (run < n && !page_used(b, i + run))
+                run++;
+            if (run == n) {
+                mark_pages(b, i, n, true);
+                b->hint = (i + n) % total;
+                return b->pool + i * POOL_PAGE;
+            }
+            i += run + 1;
+        }
+    }
+    return NULL;
+}
+
+static void issue(struct bc_vblk *b, struct bc_dreq *d);
+static void finish(struct bc_vblk *b, struct bc_dreq *d, int res);
+
+/* Continue a request that was handed bounce memory while it waited. */
+static void pool_granted(struct bc_task *t)
+{
+    struct bc_dreq *d = dreq_of_task(t);
+    struct vblk_rs *rs = rs_of(d);
+
+    if (__atomic_load_n(&rs->b->dead, __ATOMIC_ACQUIRE))
+        return finish(rs->b, d, -EIO);
+    if (d->op == BC_OP_WRITE)
+        bc_iov_to_buf(d->iov, d->iovcnt, 0, rs->bounce, d->len);
+    issue(rs->b, d);
+}
+
+/* Bounce memory for d: true if it has it now; false if d was queued (or failed). */
+static bool pool_get(struct bc_vblk *b, struct bc_dreq *d)
+{
+    struct vblk_rs *rs = rs_of(d);
+    bool dead;
+
+    rs->pages = (uint32_t)((d->len + POOL_PAGE - 1) / POOL_PAGE);
+    g_mutex_lock(&b->pool_lock);
+    dead = __atomic_load_n(&b->dead, __ATOMIC_ACQUIRE);
+    if (!dead && !b->pool_head)
+        rs->bounce = pool_alloc_locked(b, rs->pages);
+    if (!dead && !rs->bounce) {
+        d->task.fn = pool_granted;
+        d->task.next = NULL;
+        *b->pool_tail = &d->task;
+        b->pool_tail = &d->task.next;
+    }
+    g_mutex_unlock(&b->pool_lock);
+    if (dead) {
+        finish(b, d, -EIO);
+        return false;
+    }
+    return rs->bounce != NULL;
+}
+
+/* Give pages back and hand them to the waiters, in order, while they fit. */
+static void pool_put(struct bc_vblk *b, uint8_t *p, uint32_t pages)
+{
+    struct bc_task *granted = NULL, **gtail = &granted;
+
+    g_mutex_lock(&b->pool_lock);
+    mark_pages(b, (size_t)(p - b->pool) / POOL_PAGE, pages, false);
+    while (b->pool_head) {
+        struct bc_dreq *w = dreq_of_task(b->pool_head);
+        struct vblk_rs *wrs = rs_of(w);
+        wrs->bounce = pool_alloc_locked(b, wrs->pages);
+        if (!wrs->bounce)
+            break;
+        b->pool_head = w->task.next;
+        if (!b->pool_head)
+            b->pool_tail = &b->pool_head;
+        w->task.next = NULL;
+        *gtail = &w->task;
+        gtail = &w->task.next;
+    }
+    g_mutex_unlock(&b->pool_lock);
+    while (granted) {
+        struct bc_task *t = granted;
+        granted = t->next;
+        bc_loop_wake(dreq_of_task(t)->loop, t);
+    }
+}
+
+/* ---- submission -------------------------------------------------------------------- */
+
+static struct vblk_queue *queue_of(struct bc_vblk *b, struct bc_dreq *d)
+{
+    return &b->q[bc_loop_index(d->loop) % b->nq];
+}
+
+static void deliver_task(struct bc_task *t)
+{
+    struct bc_dreq *d = dreq_of_task(t);
+    d->done(d, rs_of(d)->res);
+}
+
+/* Complete d: copy out, free bounce memory, call done on d's loop (now if we are on it and
+ * not inside submit, which callers ensure by passing later=true from submit paths). */
+static void complete(struct bc_vblk *b, struct bc_dreq *d, int res, bool later)
+{
+    struct vblk_rs *rs = rs_of(d);
+
+    if (rs->bounce) {
+        if (res == 0 && d->op == BC_OP_READ)
+            bc_iov_from_buf(d->iov, d->iovcnt, 0, rs->bounce, d->len);
+        uint8_t *p = rs->bounce;
+        rs->bounce = NULL;
+        pool_put(b, p, rs->pages);
+    }
+    rs->res = (int16_t)res;
+    if (!later && bc_loop_current() == d->loop) {
+        d->done(d, res);
+    } else {
+        d->task.fn = deliver_task;
+        bc_loop_wake(d->loop, &d->task);
+    }
+}
+
+/* From submission paths: never call done directly. */
+static void finish(struct bc_vblk *b, struct bc_dreq *d, int res)
+{
+    complete(b, d, res, true);
+}
+
+/* Build and queue the next virtio request of d; q->lock held.  0 or -ENOSPC. */
+static int add_locked(struct bc_vblk *b, struct vblk_queue *q, struct bc_dreq *d)
+{
+    struct vblk_rs *rs = rs_of(d);
+    struct bc_vbuf small[64];
+    g_autofree struct bc_vbuf *big = NULL;
+    struct bc_vbuf *segs = small;
+    unsigned n = 0;
+
+    if (rs->phase == PH_FUA_FLUSH)
+        return bc_vblk_add(&q->vq, q->slots, q->slots_addr, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, 0,
+                           0, d);
+    switch (d->op) {
+    case BC_OP_FLUSH:
+        return bc_vblk_add(&q->vq, q->slots, q->slots_addr, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, 0,
+                           0, d);
+    case BC_OP_DISCARD:
+    case BC_OP_WRITE_ZEROES: {
+        bool dis = d->op == BC_OP_DISCARD;
+        uint64_t chunk = MIN(d->offset + d->len - rs->next, dis ? b->max_discard : b->max_zeroes);
+        uint32_t flags = !dis && (d->flags & BC_REQ_MAY_UNMAP) ? VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
+                                                             : 0;
+        int r = bc_vblk_add(&q->vq, q->slots, q->slots_addr,
+                            dis ? VIRTIO_BLK_T_DISCARD : VIRTIO_BLK_T_WRITE_ZEROES,
+                            rs->next / 512, NULL, 0, (uint32_t)(chunk / 512), flags, d);
+        if (r == 0)
+            rs->next += chunk;
+        return r;
+    }
+    case BC_OP_READ:
+    case BC_OP_WRITE:
+        break;
+    }
+
+    /* Data descriptors: the bounce buffer, or the caller's iovecs (already in device
+     * memory), each cut at seg_len. */
+    unsigned cap = G_N_ELEMENTS(small);
+    if (b->max_segs + 0u > cap) {
+        cap = b->max_segs;
+        segs = big = g_new(struct bc_vbuf, cap);
+    }
+    if (rs->bounce) {
+        for (uint64_t off = 0; off < d->len; off += b->seg_len) {
+            assert(n < cap);
+            segs[n++] = (struct bc_vbuf){ bc_vmem_addr(&b->mem, rs->bounce + off),
+                                          (uint32_t)MIN(b->seg_len, d->len - off) };
+        }
+    } else {
+        for (int i = 0; i < d->iovcnt; i++) {
+            const uint8_t *base = d->iov[i].iov_base;
+            for (size_t off = 0; off < d->iov[i].iov_len; off += b->seg_len) {
+                assert(n < cap);
+                segs[n++] = (struct bc_vbuf){
+                    bc_vmem_addr(&b->mem, base + off),
+                    (uint32_t)MIN((size_t)b->seg_len, d->iov[i].iov_len - off) };
+            }
+        }
+    }
+    return bc_vblk_add(&q->vq, q->slots, q->slots_addr,
+                       d->op == BC_OP_READ ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT,
+                       d->offset / 512, segs, n, 0, 0, d);
+}
+
+/* Queue d's next virtio request on its loop's queue, or park it until descriptors free. */
+static void issue(struct bc_vblk *b, struct bc_dreq *d)
+{
+    struct vblk_queue *q = queue_of(b, d);
+    bool kick = false, dead;
+
+    g_mutex_lock(&q->lock);
+    dead = __atomic_load_n(&b->dead, __ATOMIC_ACQUIRE);
+    if (!dead) {
+        if (q->wait_head || add_locked(b, q, d) < 0) {
+            d->task.next = NULL;
+            *q->wait_tail = &d->task;
+            q->wait_tail = &d->task.next;
+        } else {
+            kick = bc_vq_kick_prepare(&q->vq);
+        }
+    }
+    g_mutex_unlock(&q->lock);
+    if (dead)
+        return finish(b, d, -EIO);
+    if (kick)
+        b->ops->kick(b->t, q->index);
+}
+
+/* Does the iovec array lie in device memory and fit the segment limits? */
+static bool iov_in_mem(const struct bc_vblk *b, const struct bc_dreq *d)
+{
+    uint64_t segs = 0;
+
+    for (int i = 0; i < d->iovcnt; i++) {
+        if (!bc_vmem_contains(&b->mem, d->iov[i].iov_base, d->iov[i].iov_len))
+            return false;
+        segs += (d->iov[i].iov_len + b->seg_len - 1) / b->seg_len;
+    }
+    return segs <= b->max_segs;
+}
+
+static void watch_call_done(struct bc_uop *uop, int res, unsigned flags);
+static void watch_death_done(struct bc_uop *uop, int res, unsigned flags);
+
+/* Make the current loop (d's) watch q's call eventfd and the death fd. */
+static void ensure_watches(struct bc_vblk *b, struct vblk_queue *q, struct bc_loop *loop)
+{
+    struct vblk_watch *w, *nw = NULL, *dw = NULL;
+
+    g_mutex_lock(&q->lock);
+    for (w = q->watches; w; w = w->next)
+        if (w->loop == loop)
+            break;
+    if (!w) {
+        nw = g_new0(struct vblk_watch, 1);
+        g_mutex_init(&nw->lock);
+        nw->uop.done = watch_call_done;
+        nw->q = q;
+        nw->loop = loop;
+        nw->fd = q->call_fd;
+        nw->next = q->watches;
+        q->watches = nw;
+    }
+    g_mutex_unlock(&q->lock);
+    if (nw)
+        bc_loop_watch_fd(loop, &nw->uop, nw->fd);
+
+    if (b->ops->death_fd < 0 || __atomic_load_n(&b->death_watch, __ATOMIC_ACQUIRE))
+        return;
+    g_mutex_lock(&b->death_lock);
+    if (!b->death_watch) {
+        dw = g_new0(struct vblk_watch, 1);
+        g_mutex_init(&dw->lock);
+        dw->uop.done = watch_death_done;
+        dw->b = b;
+        dw->loop = loop;
+        dw->fd = b->ops->death_fd;
+        __atomic_store_n(&b->death_watch, dw, __ATOMIC_RELEASE);
+    }
+    g_mutex_unlock(&b->death_lock);
+    if (dw)
+        bc_loop_watch_fd(loop, &dw->uop, dw->fd);
+}
+
+static void submit_task(struct bc_task *t)
+{
+    struct bc_dreq *d = dreq_of_task(t);
+    bc_vblk_submit(rs_of(d)->b, d);
+}
+
+void bc_vblk_submit(struct bc_vblk *b, struct bc_dreq *d)
+{
+    struct vblk_rs *rs = rs_of(d);
+
+    memset(rs, 0, sizeof(*rs));
+    rs->b = b;
+    if (bc_loop_current() != d->loop) {
+        /* Watches are armed by the loop's own thread: go there first. */
+        d->task.fn = submit_task;
+        return bc_loop_post(d->loop, &d->task);
+    }
+    if (__atomic_load_n(&b->dead, __ATOMIC_ACQUIRE))
+        return finish(b, d, -EIO);
+    ensure_watches(b, queue_of(b, d), d->loop);
+
+    switch (d->op) {
+    case BC_OP_READ:
+    case BC_OP_WRITE:
+        if (d->op == BC_OP_WRITE && b->props.read_only)
+            return finish(b, d, -EROFS);
+        if (d->len == 0)
+            return finish(b, d, 0);
+        rs->phase = PH_IO;
+        if (!iov_in_mem(b, d)) {
+            if (!pool_get(b, d))
+                return;     /* queued for memory (or failed) */
+            if (d->op == BC_OP_WRITE)
+                bc_iov_to_buf(d->iov, d->iovcnt, 0, rs->bounce, d->len);
+        }
+        break;
+    case BC_OP_FLUSH:
+        if (!has(b, VIRTIO_BLK_F_FLUSH))
+            return finish(b, d, 0);
+        rs->phase = PH_IO;
+        break;
+    case BC_OP_DISCARD:
+    case BC_OP_WRITE_ZEROES:
+        if (b->props.read_only)
+            return finish(b, d, -EROFS);
+        if (!has(b, d->op == BC_OP_DISCARD ? VIRTIO_BLK_F_DISCARD : VIRTIO_BLK_F_WRITE_ZEROES))
+            return finish(b, d, -ENOTSUP);
+        if (d->len == 0)
+            return finish(b, d, 0);
+        rs->phase = PH_DWZ;
+        rs->next = d->offset;
+        break;
+    }
+    issue(b, d);
+}
+
+/* ---- completion -------------------------------------------------------------------- */
+
+/* A virtio request of d finished with res: true if d is complete, false if its next virtio
+ * request is wanted. */
+static bool step_done(struct bc_vblk *b, struct bc_dreq *d, int res)
+{
+    struct vblk_rs *rs = rs_of(d);
+
+    if (res < 0)
+        return true;
+    switch (rs->phase) {
+    case PH_IO:
+        if (d->op == BC_OP_WRITE && (d->flags & BC_REQ_FUA) && has(b, VIRTIO_BLK_F_FLUSH)) {
+            rs->phase = PH_FUA_FLUSH;
+            return false;
+        }
+        return true;
+    case PH_DWZ:
+        return rs->next >= d->offset + d->len;
+    default:
+        return true;
+    }
+}
+
+/* Reap q's used ring, start waiting requests and kick.  Returns the finished requests
+ * (linked through dreq->task) for deliver(). */
+static struct bc_task *process_queue(struct bc_vblk *b, struct vblk_queue *q)
+{
+    struct bc_task *done = NULL, **dtail = &done;
+    bool kick = false, broken;
+    void *cookie;
+    uint16_t head;
+    uint32_t len;
+
+    g_mutex_lock(&q->lock);
+    do {
+        while ((cookie = bc_vq_get_used(&q->vq, &head, &len))) {
+            struct bc_dreq *d = cookie;
+            int res = bc_vblk_status(q->slots, head);
+            if (!step_done(b, d, res) && !__atomic_load_n(&b->dead, __ATOMIC_ACQUIRE)) {
+                if (!q->wait_head && add_locked(b, q, d) == 0)
+                    continue;
+                /* Out of descriptors: go ahead of the waiters, it started first. */
+                d->task.next = q->wait_head;
+                q->wait_head = &d->task;
+                if (!d->task.next)
+                    q->wait_tail = &d->task.next;
+                continue;
+            }
+            rs_of(d)->res = (int16_t)(res < 0 ? res : 0);
+            d->task.next = NULL;
+            *dtail = &d->task;
+            dtail = &d->task.next;
+        }
+    } while (!q->vq.broken && bc_vq_enable_cb(&q->vq));
+    while (q->wait_head && !q->vq.broken) {
+        struct bc_dreq *d = dreq_of_task(q->wait_head);
+        if (add_locked(b, q, d) < 0)
+            break;
+        q->wait_head = d->task.next;
+        if (!q->wait_head)
+            q->wait_tail = &q->wait_head;
+    }
+    broken = q->vq.broken;
+    if (!broken)
+        kick = bc_vq_kick_prepare(&q->vq);
+    g_mutex_unlock(&q->lock);
+
+    if (kick)
+        b->ops->kick(b->t, q->index);
+    if (broken && !__atomic_load_n(&b->dead, __ATOMIC_ACQUIRE)) {
+        g_warning("%s: virtio-blk device returned a bad used ring entry; failing all I/O",
+                  b->what);
+        bc_vblk_kill(b);
+    }
+    return done;
+}
+
+/* Complete a list from process_queue().  The last done() may close the device, so nothing
+ * here touches b after it. */
+static void deliver(struct bc_vblk *b, struct bc_task *done)
+{
+    while (done) {
+        struct bc_task *t = done;
+        struct bc_dreq *d = dreq_of_task(t);
+        done = t->next;
+        complete(b, d, rs_of(d)->res, false);
+    }
+}
+
+static void rearm(struct vblk_watch *w, int res, unsigned flags)
+{
+    if (!(flags & IORING_CQE_F_MORE) && res != -ECANCELED)
+        bc_loop_watch_fd(w->loop, &w->uop, w->fd);
+}
+
+static void watch_call_done(struct bc_uop *uop, int res, unsigned flags)
+{
+    struct vblk_watch *w = (struct vblk_watch *)uop;
+    uint64_t v;
+
+    struct bc_task *done = NULL;
+    struct bc_vblk *b = NULL;
+
+    /* The watch lock keeps bc_vblk_free() from freeing the queue while we reap.  It is
+     * dropped before done() runs: a done() may close the device, which orphans w. */
+    g_mutex_lock(&w->lock);
+    if (w->q) {
+        struct vblk_queue *q = w->q;
+        ssize_t r = read(q->call_fd, &v, sizeof(v));
+        (void)r;    /* EAGAIN: another loop drained it; reap anyway */
+        rearm(w, res, flags);
+        b = q->b;
+        done = process_queue(b, q);
+    }
+    g_mutex_unlock(&w->lock);
+    deliver(b, done);
+}
+
+static void watch_death_done(struct bc_uop *uop, int res, unsigned flags)
+{
+    struct vblk_watch *w = (struct vblk_watch *)uop;
+
+    g_mutex_lock(&w->lock);
+    if (w->b) {
+        struct bc_vblk *b = w->b;
+        if (!b->ops->alive(b->t)) {
+            g_warning("%s: virtio-blk device is gone; failing all I/O", b->what);
+            bc_vblk_kill(b);
+        } else {
+            rearm(w, res, flags);
+        }
+    }
+    g_mutex_unlock(&w->lock);
+}
+
+void bc_vblk_kill(struct bc_vblk *b)
+{
+    struct bc_task *list = NULL, **tail = &list;
+
+    if (__atomic_exchange_n(&b->dead, 1, __ATOMIC_ACQ_REL))
+        return;
+    for (unsigned i = 0; i < b->nq; i++) {
+        struct vblk_queue *q = &b->q[i];
+        g_mutex_lock(&q->lock);
+        q->vq.broken = true;
+        for (unsigned k = 0; k < q->vq.num; k++) {
+            struct bc_dreq *d = bc_vq_inflight(&q->vq, (uint16_t)k);
+            if (d) {
+                d->task.next = NULL;
+                *tail = &d->task;
+                tail = &d->task.next;
+            }
+        }
+        if (q->wait_head) {
+            *tail = q->wait_head;
+            tail = q->wait_tail;
+            q->wait_head = NULL;
+            q->wait_tail = &q->wait_head;
+        }
+        g_mutex_unlock(&q->lock);
+    }
+    g_mutex_lock(&b->pool_lock);
+    if (b->pool_head) {
+        *tail = b->pool_head;
+        tail = b->pool_tail;
+        b->pool_head = NULL;
+        b->pool_tail = &b->pool_head;
+    }
+    g_mutex_unlock(&b->pool_lock);
+    while (list) {
+        struct bc_task *t = list;
+        list = t->next;
+        finish(b, dreq_of_task(t), -EIO);
+    }
+}
+
+/* ---- setup ------------------------------------------------------------------------- */
+
+struct bc_vblk *bc_vblk_new(const struct bc_vblk_args *a, const struct bc_props *props,
+                            GError **errp)
+{
+    struct bc_vblk *b = g_new0(struct bc_vblk, 1);
+    size_t qbytes = bc_vq_ring_bytes(a->queue_size) + slots_bytes(a->queue_size);
+    size_t pool_bytes = bc_vblk_pool_bytes(props->max_transfer);
+    uint8_t *p = a->mem.base;
+
+    if (a->mem.len < bc_vblk_mem_bytes(a->num_queues, a->queue_size, props)) {
+        g_set_error(errp, BC_ERROR, EINVAL, "%s: device memory region too small", a->what);
+        g_free(b);
+        return NULL;
+    }
+    b->what = g_strdup(a->what);
+    b->features = a->features;
+    b->props = *props;
+    b->mem = a->mem;
+    b->ops = a->ops;
+    b->t = a->t;
+    b->nq = a->num_queues;
+    b->seg_len = has(b, VIRTIO_BLK_F_SIZE_MAX) && a->cfg->size_max ? a->cfg->size_max
+                                                                     : UINT32_MAX;
+    b->seg_len = MIN(b->seg_len, 1u << 30) / POOL_PAGE * POOL_PAGE;
+    b->max_segs = has(b, VIRTIO_BLK_F_SEG_MAX) && a->cfg->seg_max ? a->cfg->seg_max
+                                                                   : a->queue_size;
+    b->max_segs = MIN(b->max_segs, a->queue_size - 2);
+    uint64_t md = a->cfg->max_discard_sectors ? a->cfg->max_discard_sectors : UINT32_MAX;
+    uint64_t mz = a->cfg->max_write_zeroes_sectors ? a->cfg->max_write_zeroes_sectors
+                                                   : UINT32_MAX;
+    b->max_discard = props->discard_align
+                         ? MAX(md * 512 / props->discard_align * props->discard_align,
+                               (uint64_t)props->discard_align)
+                         : 0;
+    b->max_zeroes = MAX(mz * 512 / props->req_align * props->req_align,
+                        (uint64_t)props->req_align);
+
+    b->q = g_new0(struct vblk_queue, b->nq);
+    for (unsigned i = 0; i < b->nq; i++) {
+        struct vblk_queue *q = &b->q[i];
+        g_mutex_init(&q->lock);
+        bc_vq_init(&q->vq, a->queue_size, p, bc_vmem_addr(&b->mem, p),
+                   has(b, VIRTIO_RING_F_EVENT_IDX));
+        p += bc_vq_ring_bytes(a->queue_size);
+        q->slots = (struct bc_vblk_slot *)p;
+        q->slots_addr = bc_vmem_addr(&b->mem, p);
+        p += qbytes - bc_vq_ring_bytes(a->queue_size);
+        q->wait_tail = &q->wait_head;
+        q->call_fd = a->call_fds[i];
+        q->index = i;
+        q->b = b;
+    }
+    g_mutex_init(&b->pool_lock);
+    g_mutex_init(&b->death_lock);
+    b->pool = p;
+    b->pool_pages = pool_bytes / POOL_PAGE;
+    b->bitmap = g_new0(uint64_t, (b->pool_pages + 63) / 64);
+    b->pool_tail = &b->pool_head;
+    return b;
+}
+
+void bc_vblk_ring_addrs(struct bc_vblk *b, unsigned qi, uint64_t *desc, uint64_t *avail,
+                        uint64_t *used)
+{
+    *desc = b->q[qi].vq.desc_addr;
+    *avail = b->q[qi].vq.avail_addr;
+    *used = b->q[qi].vq.used_addr;
+}
+
+static void orphan(struct vblk_watch *w)
+{
+    g_mutex_lock(&w->lock);
+    w->q = NULL;
+    w->b = NULL;
+    g_mutex_unlock(&w->lock);
+    g_mutex_lock(&orphan_lock);
+    w->next = orphans;
+    orphans = w;
+    g_mutex_unlock(&orphan_lock);
+}
+
+void bc_vblk_free(struct bc_vblk *b)
+{
+    if (!b)
+        return;
+    for (unsigned i = 0; i < b->nq; i++) {
+        struct vblk_queue *q = &b->q[i];
+        struct vblk_watch *w = q->watches;
+        while (w) {
+            struct vblk_watch *next = w->next;
+            orphan(w);
+            w = next;
+        }
+        assert(!q->wait_head);
+        bc_vq_destroy(&q->vq);
+        g_mutex_clear(&q->lock);
+    }
+    if (b->death_watch)
+        orphan(b->death_watch);
+    g_mutex_clear(&b->pool_lock);
+    g_mutex_clear(&b->death_lock);
+    g_free(b->bitmap);
+    g_free(b->q);
+    g_free(b->what);
+    g_free(b);
+}
