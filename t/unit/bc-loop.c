@@ -109,9 +109,10 @@ static void rescuer_finish(struct rescuer *rs, const char *what)
     g_cond_clear(&rs->cond);
     g_free(rs);
     if (rescues)
-        g_test_fail_printf("%s: bc_loop_run_once(loop, true) slept although the iteration had done work "
-                "(it ran a task or reaped a completion); the test only finished because "
-                "another thread posted %d extra task(s)", what, rescues);
+        g_test_fail_printf("%s: bc_loop_run_once(loop, true) slept although the iteration "
+                           "had done work (it ran a task or reaped a completion); the test "
+                           "only finished because another thread posted %d extra task(s)",
+                           what, rescues);
 }
 
 /* The basic "wait for my callback" pattern: a task that completes the wait is deferred;
