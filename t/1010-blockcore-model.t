@@ -2,4 +2,9 @@
 # SPDX-License-Identifier: MIT
 # blockcore randomized model test against the ram driver.
 # GTest program t/unit/bc-model.c; LAYERFS_TEST_SEED overrides its seeds.
-exec "${LAYERFS_BUILDDIR:-$(dirname "$0")/..}/t/bin/bc-model" --tap --keep-going
+bin="${LAYERFS_BUILDDIR:-$(dirname "$0")/..}/t/bin/bc-model"
+# GTest prints "Bail out!" when an assertion fails, which would stop prove's whole run;
+# turn it into a comment so that only this file fails (its exit status still says so).
+exec 3>&1
+rc=$({ { "$bin" --tap --keep-going; echo $? >&4; } | sed 's/^Bail out!/# Bail out!/' >&3; } 4>&1)
+exit "$rc"

@@ -2,4 +2,9 @@
 # SPDX-License-Identifier: MIT
 # blockcore write serialization and parallelism.
 # GTest program t/unit/bc-concurrency.c; LAYERFS_TEST_SEED overrides its seeds.
-exec "${LAYERFS_BUILDDIR:-$(dirname "$0")/..}/t/bin/bc-concurrency" --tap --keep-going
+bin="${LAYERFS_BUILDDIR:-$(dirname "$0")/..}/t/bin/bc-concurrency"
+# GTest prints "Bail out!" when an assertion fails, which would stop prove's whole run;
+# turn it into a comment so that only this file fails (its exit status still says so).
+exec 3>&1
+rc=$({ { "$bin" --tap --keep-going; echo $? >&4; } | sed 's/^Bail out!/# Bail out!/' >&3; } 4>&1)
+exit "$rc"

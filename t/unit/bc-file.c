@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,16 @@
 #include "t/unit/test-util.h"
 
 static char *scratch_dir;       /* under /var/tmp, removed at the end if all passed */
+static char shm_file[256];      /* a file on tmpfs to remove even if the test aborts */
+
+/* A failed assertion aborts (g_error traps): remove the tmpfs file, it holds memory. */
+static void remove_shm_file(int sig)
+{
+    if (shm_file[0])
+        unlink(shm_file);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
 
 struct file_cfg {
     const char *name;
@@ -309,9 +320,12 @@ static void test_regular(gconstpointer data)
     int fd = g_mkstemp(tmpl);
     g_assert_cmpint(fd, >=, 0);
     close(fd);
+    if (c->dir)
+        g_strlcpy(shm_file, tmpl, sizeof shm_file);
     make_file(tmpl, c->size, rand, &m);
     exercise(c, tmpl, &m, rand);
     unlink(tmpl);
+    shm_file[0] = 0;
     tu_model_free(&m);
     g_rand_free(rand);
 }
@@ -413,6 +427,8 @@ int main(int argc, char **argv)
     g_autofree char *why = NULL;
 
     tu_init(&argc, &argv, 55);
+    signal(SIGABRT, remove_shm_file);
+    signal(SIGTRAP, remove_shm_file);
     scratch_dir = g_strdup("/var/tmp/layerfs-1050-XXXXXX");
     if (!g_mkdtemp(scratch_dir)) {
         printf("1..0 # SKIP cannot create a directory under /var/tmp: %s\n", g_strerror(errno));
