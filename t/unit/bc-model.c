@@ -457,6 +457,32 @@ static void edge_run(gconstpointer data)
     tu_loop_free(loop);
 }
 
+/* The null driver: a huge device that reads zeros and accepts writes, at any offset. */
+static void test_null(void)
+{
+    struct bc_loop *loop = tu_loop_new();
+    struct bc_dev *dev = tu_open(&bc_drv_null, NULL, false, false, "size", "1T", "align",
+                                 "4096", NULL);
+    const uint64_t S = UINT64_C(1) << 40;
+    struct tu_buf b;
+
+    g_assert_cmpuint(bc_dev_size(dev), ==, S);
+    tu_buf_init(&b, 10000, 3);
+    memset(b.p, 0xEE, 10000);
+    g_assert_cmpint(tu_pread(dev, loop, b.p, 10000, S - 5000), ==, 0);
+    for (int i = 0; i < 10000; i++)
+        g_assert_cmpuint(b.p[i], ==, 0);
+    tu_buf_check_guards(&b, "null read across the end");
+    g_assert_cmpint(tu_pwrite(dev, loop, b.p, 5000, S - 5000), ==, 0);
+    g_assert_cmpint(tu_pwrite(dev, loop, b.p, 5001, S - 5000), ==, -ENOSPC);
+    g_assert_cmpint(tu_zero(dev, loop, 12345, 1u << 20, BC_REQ_MAY_UNMAP), ==, 0);
+    g_assert_cmpint(tu_discard(dev, loop, 0, S), ==, 0);
+    g_assert_cmpint(tu_flush(dev, loop), ==, 0);
+    tu_buf_free(&b);
+    bc_dev_close(dev);
+    tu_loop_free(loop);
+}
+
 int main(int argc, char **argv)
 {
     static const struct model_cfg cfgs[] = {
@@ -473,5 +499,6 @@ int main(int argc, char **argv)
         g_test_add_data_func(p1, &cfgs[i], edge_run);
         g_test_add_data_func(p2, &cfgs[i], model_run);
     }
+    g_test_add_func("/model/null-driver", test_null);
     return g_test_run();
 }
