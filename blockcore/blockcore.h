@@ -75,7 +75,8 @@ void bc_loop_post(struct bc_loop *loop, struct bc_task *task);
 void bc_loop_wake(struct bc_loop *loop, struct bc_task *task);
 /* Watch fd for POLLIN (multishot) and call uop->done(uop, revents, flags) on readiness. */
 void bc_loop_watch_fd(struct bc_loop *loop, struct bc_uop *uop, int fd);
-/* One iteration: run tasks, submit, reap; blocks for one event if block. Returns 0/-errno. */
+/* One iteration: submit, wait for an event if block and no task is queued, reap, then run
+ * queued tasks; so a caller may loop "while (!done) bc_loop_run_once(loop, true)". 0/-errno. */
 int bc_loop_run_once(struct bc_loop *loop, bool block);
 /* Iterate until bc_loop_stop(); returns 0 or -errno. */
 int bc_loop_run(struct bc_loop *loop);

@@ -250,17 +250,17 @@ int bc_loop_run_once(struct bc_loop *loop, bool block)
 {
     int ret;
 
-    run_tasks(loop);
+    /* Sleep only when nothing is queued, and only with post_armed set so that a
+     * poster knows to kick the eventfd.  Tasks run last, so a caller checking its own
+     * completion flag after we return sees everything this iteration did. */
     if (loop->defer_head || loop->stop)
         block = false;
     if (block) {
-        /* Sleep only with post_armed set, so a poster knows to kick the eventfd. */
         pthread_mutex_lock(&loop->post_lock);
-        if (loop->post_head) {
+        if (loop->post_head)
             block = false;
-        } else {
+        else
             loop->post_armed = true;
-        }
         pthread_mutex_unlock(&loop->post_lock);
     }
     if (block) {
@@ -274,6 +274,7 @@ int bc_loop_run_once(struct bc_loop *loop, bool block)
     if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME)
         return ret;
     bc_loop_reap(loop);
+    run_tasks(loop);
     return 0;
 }
 
