@@ -1,21 +1,39 @@
 /* SPDX-License-Identifier: MIT */
-/* A layered disk: the lf_disk_* API of layers.h.  This first version supports a stack of
- * exactly one raw layer and passes every request straight to its bc_dev. */
+/* A layered disk: the lf_disk_* API of layers.h.  Opens and validates the stack, resolves
+ * reads into pieces served by the topmost layer holding them, fills read caches, and sends
+ * writes, zeroes and flushes to every layer a write can reach. */
 #include <errno.h>
 #include <string.h>
 
-#include "layers/layers.h"
+#include "layers/layer.h"
 
 G_DEFINE_QUARK(lf-error-quark, lf_error)
+
+/*
+ * Notes on the design
+ *
+ * The stack is immutable after open, so requests read it without locks; each format guards
+ * its own presence state.  A read is resolved by stack_map() into maximal pieces: for each
+ * piece, the topmost layer (from a starting index) that holds all of it, or -1 for zeros.
+ * Every piece is read in parallel; then, for pieces that came from below one or more
+ * read-cache layers, the data is written to those layers with LAYER_NO_OVERWRITE, and the
+ * read completes when the fills have (fill errors are logged, not returned).
+ *
+ * Writes: layers 0..nwrite-1 are the write chain (the write-through layers and the first
+ * layer that is not).  A lower layer smaller than the disk gets only the part within its
+ * size.  Writes to the chain run in parallel and complete when all have.
+ */
 
 struct lf_disk {
     char *name;
     bool read_only;
-    uint32_t block_size;
-    struct bc_dev *dev;
+    unsigned nlayers;
+    unsigned nwrite;        /* layers in the write chain */
+    struct layer **layers;  /* top first */
 };
 
-/* A callback delivered from the loop, for errors found at submission. */
+/* ---- small helpers ----------------------------------------------------------------- */
+
 struct lf_late {
     struct bc_task task;
     bc_cb *cb;
@@ -34,7 +52,7 @@ static void late_run(struct bc_task *task)
     cb(opaque, res);
 }
 
-static void complete_later(struct bc_loop *loop, bc_cb *cb, void *opaque, int res)
+void layer_complete_later(struct bc_loop *loop, bc_cb *cb, void *opaque, int res)
 {
     struct lf_late *l = g_new0(struct lf_late, 1);
 
@@ -45,141 +63,341 @@ static void complete_later(struct bc_loop *loop, bc_cb *cb, void *opaque, int re
     bc_loop_defer(loop, &l->task);
 }
 
-struct lf_disk *lf_disk_open(const struct lf_disk_cfg *cfg, bool force_read_only,
-                             GError **errp)
+bool layer_sync_begin(struct layer_sync *s, GError **errp)
 {
-    if (cfg->layers == NULL || cfg->layers->len == 0) {
-        g_set_error(errp, LF_ERROR, EINVAL, "%s: disk %s has no layers", cfg->origin,
-                    cfg->name);
-        return NULL;
+    memset(s, 0, sizeof(*s));
+    s->loop = bc_loop_current();
+    if (s->loop == NULL) {
+        s->own = bc_loop_new(0, 64, errp);
+        if (s->own == NULL)
+            return false;
+        s->loop = s->own;
     }
-    if (cfg->layers->len != 1) {
-        g_set_error(errp, LF_ERROR, ENOTSUP, "%s: disk %s: only one layer is supported",
-                    cfg->origin, cfg->name);
-        return NULL;
+    return true;
+}
+
+void layer_sync_end(struct layer_sync *s)
+{
+    if (s->own != NULL)
+        bc_loop_free(s->own);
+    s->own = NULL;
+    s->loop = NULL;
+}
+
+void layer_sync_cb(void *opaque, int res)
+{
+    struct layer_sync *s = opaque;
+
+    s->res = res;
+    s->done = true;
+}
+
+int layer_sync_wait(struct layer_sync *s)
+{
+    while (!s->done) {
+        int r = bc_loop_run_once(s->loop, true);
+        if (r < 0 && r != -EINTR && r != -EAGAIN && r != -ETIME)
+            return r;
     }
-    const struct lf_layer_cfg *lc = g_ptr_array_index(cfg->layers, 0);
-    if (lc->format != NULL && strcmp(lc->format, "raw") != 0) {
-        g_set_error(errp, LF_ERROR, ENOTSUP, "%s: format %s is not supported", lc->origin,
-                    lc->format);
-        return NULL;
-    }
-    const struct bc_driver *drv = bc_driver_find(lc->driver ? lc->driver : "file");
+    s->done = false;
+    return s->res;
+}
+
+struct bc_dev *layer_open_dev(const struct lf_layer_cfg *cfg, bool read_only, bool direct,
+                              GError **errp)
+{
+    const char *dname = cfg->driver ? cfg->driver : "file";
+    const struct bc_driver *drv = bc_driver_find(dname);
+
     if (drv == NULL) {
-        g_set_error(errp, LF_ERROR, EINVAL, "%s: unknown driver %s (known: %s)", lc->origin,
-                    lc->driver, bc_driver_names());
+        g_set_error(errp, LF_ERROR, EINVAL, "%s: driver: unknown driver '%s' (known: %s)",
+                    cfg->origin ? cfg->origin : cfg->name, dname, bc_driver_names());
         return NULL;
     }
-    bool ro = cfg->read_only || force_read_only;
-    g_autofree char *what = g_strdup_printf("layer %s", lc->name);
+    g_autofree char *what = g_strdup_printf("layer %s", cfg->name);
     struct bc_open_args args = {
         .what = what,
-        .path = lc->path,
-        .read_only = ro || lc->read_only,
-        .direct = lc->direct,
-        .opts = lc->driver_opts,
+        .path = cfg->path,
+        .read_only = read_only,
+        .direct = direct,
+        .opts = cfg->driver_opts,
     };
-    if (!ro && lc->read_only) {
-        g_set_error(errp, LF_ERROR, EROFS,
-                    "%s: layer %s is read-only but disk %s is writable", lc->origin,
-                    lc->name, cfg->name);
-        return NULL;
-    }
-    struct bc_dev *dev = bc_dev_open(drv, &args, errp);
-    if (dev == NULL)
-        return NULL;
-    const struct bc_props *p = bc_dev_props(dev);
-    if (!ro && p->read_only) {
-        g_set_error(errp, LF_ERROR, EROFS,
-                    "%s: layer %s (%s) can only be opened read-only but disk %s is writable",
-                    lc->origin, lc->name, lc->path ? lc->path : lc->driver, cfg->name);
-        bc_dev_close(dev);
-        return NULL;
-    }
-
-    struct lf_disk *disk = g_new0(struct lf_disk, 1);
-    disk->name = g_strdup(cfg->name);
-    disk->read_only = ro;
-    disk->dev = dev;
-    disk->block_size = MAX(4096u, p->req_align);
-    return disk;
+    return bc_dev_open(drv, &args, errp);
 }
 
-struct lf_close_wait {
-    bool done;
-    int res;
+/* Fill out[] with the part [skip, skip+len) of iov; returns the count (<= iovcnt). */
+static int iov_sub(const struct iovec *iov, int iovcnt, uint64_t skip, uint64_t len,
+                   struct iovec *out)
+{
+    int n = 0;
+
+    for (int i = 0; i < iovcnt && len > 0; i++) {
+        if (skip >= iov[i].iov_len) {
+            skip -= iov[i].iov_len;
+            continue;
+        }
+        uint64_t take = MIN(iov[i].iov_len - skip, len);
+        out[n].iov_base = (char *)iov[i].iov_base + skip;
+        out[n].iov_len = take;
+        n++;
+        len -= take;
+        skip = 0;
+    }
+    return n;
+}
+
+/* ---- resolving the stack ----------------------------------------------------------- */
+
+/* The topmost layer at or below from holding offset (-1: zeros); *pnum bytes alike. */
+static int stack_map(struct lf_disk *disk, unsigned from, uint64_t offset, uint64_t len,
+                     uint64_t *pnum)
+{
+    for (unsigned i = from; i < disk->nlayers; i++) {
+        struct layer *l = disk->layers[i];
+        if (offset >= l->visible)
+            break;
+        len = MIN(len, l->visible - offset);
+        uint64_t n = len;
+        int r = l->ops->present(l, offset, len, &n);
+        assert(n > 0 && n <= len);
+        len = n;
+        if (r > 0) {
+            *pnum = len;
+            return (int)i;
+        }
+    }
+    *pnum = len;
+    return -1;
+}
+
+/* Data (1) or hole (0) through the stack from layer from; *pnum bytes. */
+static int stack_status(struct lf_disk *disk, unsigned from, uint64_t offset, uint64_t len,
+                        uint64_t *pnum)
+{
+    uint64_t n;
+    int i = stack_map(disk, from, offset, len, &n);
+
+    if (i < 0) {
+        *pnum = n;
+        return 0;
+    }
+    struct layer *l = disk->layers[i];
+    uint64_t m = n;
+    int r = l->ops->block_status(l, offset, n, &m);
+    if (r < 0)
+        return r;
+    *pnum = MAX(MIN(m, n), 1);
+    return r;
+}
+
+/* True if the stack below layer i reads as zeros in the whole range. */
+static bool next_is_zero(struct lf_disk *disk, unsigned i, uint64_t offset, uint64_t len)
+{
+    while (len > 0) {
+        uint64_t n;
+        int r = stack_status(disk, i + 1, offset, len, &n);
+        if (r != 0)
+            return false;
+        offset += n;
+        len -= n;
+    }
+    return true;
+}
+
+/* ---- reads ------------------------------------------------------------------------- */
+
+struct rd_piece {
+    struct rd_req *req;
+    uint64_t offset, len;
+    int layer;              /* -1 = zeros */
+    int iovcnt;
+    struct iovec *iov;
 };
 
-static void close_flushed(void *opaque, int res)
-{
-    struct lf_close_wait *w = opaque;
+struct rd_req {
+    struct lf_disk *disk;
+    struct bc_loop *loop;
+    bc_cb *cb;
+    void *opaque;
+    unsigned from;
+    unsigned pending;
+    int err;
+    bool filling;
+    GArray *pieces;         /* struct rd_piece */
+    struct bc_task task;
+};
 
-    w->res = res;
-    w->done = true;
+static void rd_finish(struct rd_req *req)
+{
+    bc_cb *cb = req->cb;
+    void *opaque = req->opaque;
+    int err = req->err;
+
+    for (guint i = 0; i < req->pieces->len; i++)
+        g_free(g_array_index(req->pieces, struct rd_piece, i).iov);
+    g_array_free(req->pieces, true);
+    g_free(req);
+    cb(opaque, err);
 }
 
-int lf_disk_close(struct lf_disk *disk)
+static void rd_fill_done(void *opaque, int res)
 {
-    int res = 0;
+    struct rd_req *req = opaque;
 
-    if (disk == NULL)
-        return 0;
-    if (!disk->read_only) {
-        /* Flush on the caller's loop, or on a private one if it has none. */
-        struct bc_loop *loop = bc_loop_current();
-        struct bc_loop *own = NULL;
-        struct lf_close_wait w = { 0 };
+    if (res < 0)
+        g_warning("disk %s: failed to fill read cache: %s", req->disk->name, g_strerror(-res));
+    if (--req->pending == 0)
+        rd_finish(req);
+}
 
-        if (loop == NULL) {
-            own = bc_loop_new(0, 8, NULL);
-            loop = own;
+static void rd_fill(struct rd_req *req)
+{
+    struct lf_disk *disk = req->disk;
+
+    req->filling = true;
+    req->pending = 1;
+    for (guint p = 0; p < req->pieces->len; p++) {
+        struct rd_piece *pc = &g_array_index(req->pieces, struct rd_piece, p);
+        unsigned below = pc->layer < 0 ? disk->nlayers : (unsigned)pc->layer;
+        for (unsigned j = req->from; j < below; j++) {
+            struct layer *l = disk->layers[j];
+            if (!l->read_cache || pc->offset >= l->size)
+                continue;
+            req->pending++;
+            l->ops->write(l, req->loop, pc->iov, pc->iovcnt, pc->offset, LAYER_NO_OVERWRITE,
+                          rd_fill_done, req);
         }
-        if (loop != NULL) {
-            bc_dev_flush(disk->dev, loop, close_flushed, &w);
-            while (!w.done) {
-                int r = bc_loop_run_once(loop, true);
-                if (r < 0 && r != -EINTR && r != -EAGAIN) {
-                    w.res = r;
-                    break;
-                }
-            }
-            res = w.res;
-        } else {
-            res = -ENOMEM;
-        }
-        if (own != NULL)
-            bc_loop_free(own);
     }
-    bc_dev_close(disk->dev);
-    g_free(disk->name);
-    g_free(disk);
-    return res;
+    if (--req->pending == 0)
+        rd_finish(req);
 }
 
-const char *lf_disk_name(const struct lf_disk *disk)
+static void rd_phase_done(struct rd_req *req)
 {
-    return disk->name;
+    if (req->err == 0 && !req->filling) {
+        for (unsigned j = req->from; j < req->disk->nlayers; j++) {
+            if (req->disk->layers[j]->read_cache) {
+                rd_fill(req);
+                return;
+            }
+        }
+    }
+    rd_finish(req);
 }
 
-uint64_t lf_disk_size(const struct lf_disk *disk)
+static void rd_piece_done(void *opaque, int res)
 {
-    return bc_dev_size(disk->dev);
+    struct rd_req *req = opaque;
+
+    if (res < 0 && req->err == 0)
+        req->err = res;
+    if (--req->pending == 0)
+        rd_phase_done(req);
 }
 
-bool lf_disk_read_only(const struct lf_disk *disk)
+static void rd_task(struct bc_task *task)
 {
-    return disk->read_only;
+    rd_phase_done(layer_container_of(task, struct rd_req, task));
 }
 
-uint32_t lf_disk_block_size(const struct lf_disk *disk)
+/* Read [offset, offset+len of iov) as the stack from layer from shows it. */
+static void stack_read(struct lf_disk *disk, unsigned from, struct bc_loop *loop,
+                       const struct iovec *iov, int iovcnt, uint64_t offset, bc_cb *cb,
+                       void *opaque)
 {
-    return disk->block_size;
+    struct rd_req *req = g_new0(struct rd_req, 1);
+    uint64_t len = bc_iov_len(iov, iovcnt);
+    uint64_t pos = 0;
+
+    req->disk = disk;
+    req->loop = loop;
+    req->cb = cb;
+    req->opaque = opaque;
+    req->from = from;
+    req->pieces = g_array_new(false, true, sizeof(struct rd_piece));
+    while (pos < len) {
+        struct rd_piece pc = { .req = req, .offset = offset + pos };
+        uint64_t n;
+        if (from >= disk->nlayers || pc.offset < offset /* overflow */) {
+            pc.layer = -1;
+            n = len - pos;
+        } else {
+            pc.layer = stack_map(disk, from, pc.offset, len - pos, &n);
+        }
+        pc.len = n;
+        pc.iov = g_new(struct iovec, iovcnt);
+        pc.iovcnt = iov_sub(iov, iovcnt, pos, n, pc.iov);
+        g_array_append_val(req->pieces, pc);
+        pos += n;
+    }
+
+    req->pending = 1;
+    for (guint p = 0; p < req->pieces->len; p++) {
+        struct rd_piece *pc = &g_array_index(req->pieces, struct rd_piece, p);
+        if (pc->layer < 0) {
+            bc_iov_memset(pc->iov, pc->iovcnt, 0, 0, pc->len);
+            continue;
+        }
+        struct layer *l = disk->layers[pc->layer];
+        req->pending++;
+        l->ops->read(l, loop, pc->iov, pc->iovcnt, pc->offset, rd_piece_done, req);
+    }
+    if (--req->pending == 0) {
+        req->task.fn = rd_task;
+        bc_loop_defer(loop, &req->task);
+    }
+}
+
+void layer_next_read(struct layer *l, struct bc_loop *loop, const struct iovec *iov,
+                     int iovcnt, uint64_t offset, bc_cb *cb, void *opaque)
+{
+    stack_read(l->disk, l->index + 1, loop, iov, iovcnt, offset, cb, opaque);
 }
 
 void lf_disk_readv(struct lf_disk *disk, struct bc_loop *loop, const struct iovec *iov,
                    int iovcnt, uint64_t offset, bc_cb *cb, void *opaque)
 {
-    bc_dev_readv(disk->dev, loop, iov, iovcnt, offset, cb, opaque);
+    stack_read(disk, 0, loop, iov, iovcnt, offset, cb, opaque);
+}
+
+/* ---- writes, zeroes, discards, flushes --------------------------------------------- */
+
+enum mod_kind { MOD_WRITE, MOD_ZERO, MOD_DISCARD, MOD_FLUSH };
+
+struct mod_req {
+    bc_cb *cb;
+    void *opaque;
+    unsigned pending;
+    int err;
+    struct bc_task task;
+    GPtrArray *iovs;        /* clipped copies for smaller layers, freed at the end */
+};
+
+static void mod_finish(struct mod_req *req)
+{
+    bc_cb *cb = req->cb;
+    void *opaque = req->opaque;
+    int err = req->err;
+
+    if (req->iovs != NULL)
+        g_ptr_array_free(req->iovs, true);
+    g_free(req);
+    cb(opaque, err);
+}
+
+static void mod_done(void *opaque, int res)
+{
+    struct mod_req *req = opaque;
+
+    if (res < 0 && req->err == 0)
+        req->err = res;
+    if (--req->pending == 0)
+        mod_finish(req);
+}
+
+static void mod_task(struct bc_task *task)
+{
+    mod_finish(layer_container_of(task, struct mod_req, task));
 }
 
 /* -EROFS, -ENOSPC or 0 for a modifying request on [offset, offset+len). */
@@ -194,52 +412,319 @@ static int check_write(struct lf_disk *disk, uint64_t offset, uint64_t len)
     return 0;
 }
 
+static void stack_modify(struct lf_disk *disk, enum mod_kind kind, struct bc_loop *loop,
+                         const struct iovec *iov, int iovcnt, uint64_t offset, uint64_t len,
+                         unsigned flags, bc_cb *cb, void *opaque)
+{
+    if (kind != MOD_FLUSH) {
+        int r = check_write(disk, offset, len);
+        if (r < 0) {
+            layer_complete_later(loop, cb, opaque, r);
+            return;
+        }
+    } else if (disk->read_only) {
+        /* Read caches may still hold unflushed fills. */
+    }
+
+    struct mod_req *req = g_new0(struct mod_req, 1);
+    req->cb = cb;
+    req->opaque = opaque;
+    req->pending = 1;
+    for (unsigned i = 0; i < disk->nlayers; i++) {
+        struct layer *l = disk->layers[i];
+        bool in_chain = !disk->read_only && i < disk->nwrite;
+
+        if (kind == MOD_FLUSH) {
+            if (in_chain || (l->read_cache && !l->read_only)) {
+                req->pending++;
+                l->ops->flush(l, loop, mod_done, req);
+            }
+            continue;
+        }
+        if (!in_chain)
+            break;
+        if (offset >= l->size || len == 0)
+            continue;
+        uint64_t n = MIN(len, l->size - offset);
+        bool nz;
+        switch (kind) {
+        case MOD_WRITE:
+            req->pending++;
+            if (n < len) {
+                struct iovec *sub = g_new(struct iovec, iovcnt);
+                int cnt = iov_sub(iov, iovcnt, 0, n, sub);
+                if (req->iovs == NULL)
+                    req->iovs = g_ptr_array_new_with_free_func(g_free);
+                g_ptr_array_add(req->iovs, sub);
+                l->ops->write(l, loop, sub, cnt, offset, flags, mod_done, req);
+            } else {
+                l->ops->write(l, loop, iov, iovcnt, offset, flags, mod_done, req);
+            }
+            break;
+        case MOD_ZERO:
+            nz = next_is_zero(disk, i, offset, n);
+            req->pending++;
+            l->ops->zero(l, loop, offset, n, flags, nz, mod_done, req);
+            break;
+        case MOD_DISCARD:
+            if (next_is_zero(disk, i, offset, n)) {
+                req->pending++;
+                l->ops->discard(l, loop, offset, n, mod_done, req);
+            }
+            break;
+        case MOD_FLUSH:
+            break;
+        }
+    }
+    if (--req->pending == 0) {
+        req->task.fn = mod_task;
+        bc_loop_defer(loop, &req->task);
+    }
+}
+
 void lf_disk_writev(struct lf_disk *disk, struct bc_loop *loop, const struct iovec *iov,
                     int iovcnt, uint64_t offset, unsigned flags, bc_cb *cb, void *opaque)
 {
-    int r = check_write(disk, offset, bc_iov_len(iov, iovcnt));
-
-    if (r < 0) {
-        complete_later(loop, cb, opaque, r);
-        return;
-    }
-    bc_dev_writev(disk->dev, loop, iov, iovcnt, offset, flags, cb, opaque);
+    stack_modify(disk, MOD_WRITE, loop, iov, iovcnt, offset, bc_iov_len(iov, iovcnt),
+                 flags & BC_REQ_FUA, cb, opaque);
 }
 
 void lf_disk_write_zeroes(struct lf_disk *disk, struct bc_loop *loop, uint64_t offset,
                           uint64_t len, unsigned flags, bc_cb *cb, void *opaque)
 {
-    int r = check_write(disk, offset, len);
-
-    if (r < 0) {
-        complete_later(loop, cb, opaque, r);
-        return;
-    }
-    bc_dev_write_zeroes(disk->dev, loop, offset, len, flags, cb, opaque);
+    stack_modify(disk, MOD_ZERO, loop, NULL, 0, offset, len, flags, cb, opaque);
 }
 
 void lf_disk_discard(struct lf_disk *disk, struct bc_loop *loop, uint64_t offset, uint64_t len,
                      bc_cb *cb, void *opaque)
 {
-    int r = check_write(disk, offset, len);
-
-    if (r < 0) {
-        complete_later(loop, cb, opaque, r);
-        return;
-    }
-    bc_dev_discard(disk->dev, loop, offset, len, cb, opaque);
+    stack_modify(disk, MOD_DISCARD, loop, NULL, 0, offset, len, 0, cb, opaque);
 }
 
 void lf_disk_flush(struct lf_disk *disk, struct bc_loop *loop, bc_cb *cb, void *opaque)
 {
-    if (disk->read_only) {
-        complete_later(loop, cb, opaque, 0);
-        return;
-    }
-    bc_dev_flush(disk->dev, loop, cb, opaque);
+    stack_modify(disk, MOD_FLUSH, loop, NULL, 0, 0, 0, 0, cb, opaque);
 }
 
 int lf_disk_block_status(struct lf_disk *disk, uint64_t offset, uint64_t len, uint64_t *pnum)
 {
-    return bc_dev_block_status(disk->dev, offset, len, pnum);
+    if (len == 0) {
+        *pnum = 0;
+        return 0;
+    }
+    return stack_status(disk, 0, offset, len, pnum);
+}
+
+int lf_disk_map(struct lf_disk *disk, uint64_t offset, uint64_t len, uint64_t *pnum)
+{
+    return stack_map(disk, 0, offset, len, pnum);
+}
+
+/* ---- open and close ---------------------------------------------------------------- */
+
+static const struct layer_ops *find_format(const char *name)
+{
+    static const struct layer_ops *const formats[] = {
+        &layer_fmt_raw, &layer_fmt_overlay, &layer_fmt_ram,
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(formats); i++)
+        if (strcmp(formats[i]->format, name ? name : "raw") == 0)
+            return formats[i];
+    return NULL;
+}
+
+static void close_layers(struct lf_disk *disk, int *res)
+{
+    for (unsigned i = 0; i < disk->nlayers; i++) {
+        struct layer *l = disk->layers[i];
+        if (l == NULL)
+            continue;
+        if (l->priv != NULL) {
+            int r = l->ops->close(l);
+            if (r < 0 && *res == 0)
+                *res = r;
+        }
+        g_free(l->name);
+        g_free(l->origin);
+        g_free(l);
+    }
+    g_free(disk->layers);
+    g_free(disk->name);
+    g_free(disk);
+}
+
+/* Check the stack top-down once every layer is open. */
+static bool validate(struct lf_disk *disk, const struct lf_disk_cfg *cfg, GError **errp)
+{
+    unsigned n = disk->nlayers;
+
+    for (unsigned i = 0; i < n; i++) {
+        struct layer *l = disk->layers[i];
+        const char *where = l->origin;
+
+        if (l->write_through && (i == n - 1 || (i > 0 && !disk->layers[i - 1]->write_through))) {
+            g_set_error(errp, LF_ERROR, EINVAL,
+                        "%s: write-through: useless write-through (%s); write-through layers "
+                        "must come first and the last layer may not be write-through",
+                        where, i == n - 1 ? "it is the last layer" : "a layer above is not "
+                        "write-through");
+            return false;
+        }
+        if (l->read_cache && !l->ops->can_no_overwrite) {
+            g_set_error(errp, LF_ERROR, EINVAL,
+                        "%s: read-cache: format %s cannot be a read cache (it cannot do "
+                        "no-overwrite writes); use overlay or ram", where, l->ops->format);
+            return false;
+        }
+        if (l->block_size == 0 || (l->block_size & (l->block_size - 1)) != 0) {
+            g_set_error(errp, LF_ERROR, EINVAL, "%s: block size %u is not a power of two",
+                        where, l->block_size);
+            return false;
+        }
+    }
+    if (!disk->read_only) {
+        for (unsigned i = 0; i < disk->nwrite; i++) {
+            struct layer *l = disk->layers[i];
+            if (l->read_only) {
+                g_set_error(errp, LF_ERROR, EROFS,
+                            "%s: layer %s is read-only but disk %s writes to it (set "
+                            "read-only = true on the disk or make the layer writable)",
+                            l->origin, l->name, cfg->name);
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+struct lf_disk *lf_disk_open(const struct lf_disk_cfg *cfg, bool force_read_only,
+                             GError **errp)
+{
+    if (cfg->layers == NULL || cfg->layers->len == 0) {
+        g_set_error(errp, LF_ERROR, EINVAL, "%s: layers: disk %s has no layers",
+                    cfg->origin ? cfg->origin : cfg->name, cfg->name);
+        return NULL;
+    }
+
+    struct lf_disk *disk = g_new0(struct lf_disk, 1);
+    int ignore = 0;
+    disk->name = g_strdup(cfg->name);
+    disk->read_only = cfg->read_only || force_read_only;
+    disk->nlayers = cfg->layers->len;
+    disk->layers = g_new0(struct layer *, disk->nlayers);
+    disk->nwrite = disk->nlayers;
+    for (unsigned i = 0; i < disk->nlayers; i++) {
+        const struct lf_layer_cfg *lc = g_ptr_array_index(cfg->layers, i);
+        if (!lc->write_through) {
+            disk->nwrite = i + 1;
+            break;
+        }
+    }
+
+    /* Open bottom-up: a created overlay is sized to the layer below it. */
+    for (unsigned k = disk->nlayers; k-- > 0;) {
+        const struct lf_layer_cfg *lc = g_ptr_array_index(cfg->layers, k);
+        struct layer *l = g_new0(struct layer, 1);
+        disk->layers[k] = l;
+        l->name = g_strdup(lc->name);
+        l->origin = g_strdup_printf("%s", lc->origin ? lc->origin : lc->name);
+        l->disk = disk;
+        l->index = k;
+        l->read_cache = lc->read_cache;
+        l->write_through = lc->write_through;
+        l->ops = find_format(lc->format);
+        if (l->ops == NULL) {
+            g_set_error(errp, LF_ERROR, EINVAL,
+                        "%s: format: unknown format '%s' (known: raw overlay ram)", l->origin,
+                        lc->format);
+            goto fail;
+        }
+        bool writable = (!disk->read_only && k < disk->nwrite) || lc->read_cache;
+        if (writable && lc->read_only) {
+            g_set_error(errp, LF_ERROR, EROFS,
+                        "%s: read-only: layer %s is read-only but %s", l->origin, l->name,
+                        lc->read_cache ? "it is a read cache" : "the disk writes to it");
+            goto fail;
+        }
+        struct layer *below = k + 1 < disk->nlayers ? disk->layers[k + 1] : NULL;
+        if (!l->ops->open(l, lc, below, writable, errp))
+            goto fail;
+        assert(l->priv != NULL);
+        if (writable && l->read_only) {
+            g_set_error(errp, LF_ERROR, EROFS,
+                        "%s: layer %s can only be opened read-only, but %s", l->origin,
+                        l->name, lc->read_cache ? "it is a read cache" : "the disk writes to it");
+            goto fail;
+        }
+    }
+    uint64_t visible = UINT64_MAX;
+    for (unsigned i = 0; i < disk->nlayers; i++) {
+        visible = MIN(visible, disk->layers[i]->size);
+        disk->layers[i]->visible = visible;
+    }
+    if (!validate(disk, cfg, errp))
+        goto fail;
+    return disk;
+
+fail:
+    close_layers(disk, &ignore);
+    return NULL;
+}
+
+int lf_disk_close(struct lf_disk *disk)
+{
+    int res = 0;
+    struct layer_sync s;
+
+    if (disk == NULL)
+        return 0;
+    if (layer_sync_begin(&s, NULL)) {
+        lf_disk_flush(disk, s.loop, layer_sync_cb, &s);
+        res = layer_sync_wait(&s);
+        layer_sync_end(&s);
+    } else {
+        res = -ENOMEM;
+    }
+    close_layers(disk, &res);
+    return res;
+}
+
+const char *lf_disk_name(const struct lf_disk *disk)
+{
+    return disk->name;
+}
+
+uint64_t lf_disk_size(const struct lf_disk *disk)
+{
+    return disk->layers[0]->size;
+}
+
+bool lf_disk_read_only(const struct lf_disk *disk)
+{
+    return disk->read_only;
+}
+
+uint32_t lf_disk_block_size(const struct lf_disk *disk)
+{
+    struct layer *top = disk->layers[0];
+    uint32_t bs = MAX(4096u, top->io_align);
+
+    if (top->block_size > 1)
+        bs = MAX(bs, top->block_size);
+    return MIN(bs, 1u << 20);
+}
+
+unsigned lf_disk_layer_count(const struct lf_disk *disk)
+{
+    return disk->nlayers;
+}
+
+const char *lf_disk_layer_name(const struct lf_disk *disk, unsigned i)
+{
+    return i < disk->nlayers ? disk->layers[i]->name : NULL;
+}
+
+const char *lf_disk_layer_format(const struct lf_disk *disk, unsigned i)
+{
+    return i < disk->nlayers ? disk->layers[i]->ops->format : NULL;
 }

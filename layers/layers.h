@@ -82,6 +82,16 @@ void lf_disk_flush(struct lf_disk *disk, struct bc_loop *loop, bc_cb *cb, void *
 /* Data (1) or hole (0) at offset through the whole stack; *pnum bytes. <0 = -errno. */
 int lf_disk_block_status(struct lf_disk *disk, uint64_t offset, uint64_t len, uint64_t *pnum);
 
+/* Which layer serves offset: its index (0 = top) or -1 where the disk reads as zeros because
+ * no layer holds it; *pnum = bytes (<= len) served the same way. */
+int lf_disk_map(struct lf_disk *disk, uint64_t offset, uint64_t len, uint64_t *pnum);
+/* Number of layers in the stack. */
+unsigned lf_disk_layer_count(const struct lf_disk *disk);
+/* Name of layer i (0 = top). */
+const char *lf_disk_layer_name(const struct lf_disk *disk, unsigned i);
+/* Format of layer i: "raw", "overlay" or "ram". */
+const char *lf_disk_layer_format(const struct lf_disk *disk, unsigned i);
+
 #define LF_ERROR lf_error_quark()
 GQuark lf_error_quark(void);
 

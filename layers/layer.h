@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: MIT */
+/* The internal layer interface: what disk.c needs from each layer format (fmt-*.c), and
+ * the "next" calls through which a format sees the stack below it (like an nbdkit filter). */
+#ifndef LAYERFS_LAYER_H
+#define LAYERFS_LAYER_H
+
+#include "layers/layers.h"
+
+/*
+ * Notes on the design
+ *
+ * A layer holds some blocks of the disk ("present") and not others.  disk.c resolves every
+ * read into pieces, each served by the topmost layer holding it (or zeros), and calls the
+ * format's read only for ranges that format said were present.  Writes go to the top layer
+ * (and on through write-through layers); formats that hold blocks partially (overlay, ram)
+ * copy the rest of a partly written block up from the stack below with layer_next_read().
+ *
+ * All callbacks run on the loop the request was started on, never from inside the call.
+ */
+
+#include <assert.h>
+#include <inttypes.h>
+#include <stddef.h>
+
+#define layer_container_of(ptr, type, member) \
+    ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+
+struct layer;
+
+enum {
+    LAYER_NO_OVERWRITE = 1u << 8, /* write: skip blocks already present (cache fills) */
+};
+
+struct layer_ops {
+    const char *format;
+    /* Open: fill l->size, l->block_size, l->read_only; set l->priv. false + *errp on error.
+     * below is the layer under this one (NULL for the bottom), already open. */
+    bool (*open)(struct layer *l, const struct lf_layer_cfg *cfg, struct layer *below,
+                 bool writable, GError **errp);
+    /* Mark clean and close; returns 0 or -errno. */
+    int (*close)(struct layer *l);
+    /* 1 if offset is present, 0 if not; *pnum = bytes (<= len) with that state. */
+    int (*present)(struct layer *l, uint64_t offset, uint64_t len, uint64_t *pnum);
+    /* For a present range: 1 data or 0 hole; *pnum bytes. <0 = -errno. */
+    int (*block_status)(struct layer *l, uint64_t offset, uint64_t len, uint64_t *pnum);
+    /* Read a present range. */
+    void (*read)(struct layer *l, struct bc_loop *loop, const struct iovec *iov, int iovcnt,
+                 uint64_t offset, bc_cb *cb, void *opaque);
+    /* Write; flags: BC_REQ_FUA, LAYER_NO_OVERWRITE. The range is within l->size. */
+    void (*write)(struct layer *l, struct bc_loop *loop, const struct iovec *iov, int iovcnt,
+                  uint64_t offset, unsigned flags, bc_cb *cb, void *opaque);
+    /* Make the range read as zeros; next_is_zero: the stack below reads as zeros there. */
+    void (*zero)(struct layer *l, struct bc_loop *loop, uint64_t offset, uint64_t len,
+                 unsigned flags, bool next_is_zero, bc_cb *cb, void *opaque);
+    /* Advisory discard; only called where next_is_zero. */
+    void (*discard)(struct layer *l, struct bc_loop *loop, uint64_t offset, uint64_t len,
+                    bc_cb *cb, void *opaque);
+    /* Make completed writes durable. */
+    void (*flush)(struct layer *l, struct bc_loop *loop, bc_cb *cb, void *opaque);
+    /* True if write() honours LAYER_NO_OVERWRITE (required for read-cache). */
+    bool can_no_overwrite;
+};
+
+struct layer {
+    const struct layer_ops *ops;
+    char *name;
+    char *origin;           /* "FILE:GROUP" for messages */
+    struct lf_disk *disk;
+    unsigned index;         /* 0 = top */
+    uint64_t size;          /* the layer's own size in bytes */
+    uint64_t visible;       /* min size of this layer and every layer above it */
+    uint32_t block_size;    /* presence granularity; 1 for fully present layers */
+    uint32_t io_align;      /* preferred I/O granularity (st_blksize) */
+    bool read_only;         /* opened read-only */
+    bool read_cache;
+    bool write_through;
+    void *priv;
+};
+
+extern const struct layer_ops layer_fmt_raw;
+extern const struct layer_ops layer_fmt_ram;
+extern const struct layer_ops layer_fmt_overlay;
+
+/* Read [offset, offset+len) as the stack below l shows it (zeros where nothing holds it). */
+void layer_next_read(struct layer *l, struct bc_loop *loop, const struct iovec *iov,
+                     int iovcnt, uint64_t offset, bc_cb *cb, void *opaque);
+/* Deliver cb(opaque, res) from loop's next iteration. */
+void layer_complete_later(struct bc_loop *loop, bc_cb *cb, void *opaque, int res);
+/* Open a bc_dev for a layer's configuration. NULL with *errp set. */
+struct bc_dev *layer_open_dev(const struct lf_layer_cfg *cfg, bool read_only, bool direct,
+                              GError **errp);
+
+/* Run a request synchronously on the calling thread's loop (or a private one); returns
+ * its result.  For setup paths (open, close, tools) only. */
+struct layer_sync {
+    struct bc_loop *loop;
+    struct bc_loop *own;
+    bool done;
+    int res;
+};
+/* Get a loop for synchronous use; false + *errp on failure. */
+bool layer_sync_begin(struct layer_sync *s, GError **errp);
+/* Free a private loop. */
+void layer_sync_end(struct layer_sync *s);
+/* The bc_cb to pass to requests run synchronously; opaque = the struct layer_sync. */
+void layer_sync_cb(void *opaque, int res);
+/* Run the loop until the request completes; returns its result. */
+int layer_sync_wait(struct layer_sync *s);
+
+#endif

@@ -1,0 +1,293 @@
+/* SPDX-License-Identifier: MIT */
+/* The on-disk overlay format: encode, decode and validate headers and bitmaps, create files.
+ * See overlay-format.h for the layout and man/layerfs-overlay.5 for the rules. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "layers/layers.h"
+#include "layers/overlay-format.h"
+
+uint32_t ovl_crc32(const uint8_t *p, size_t len)
+{
+    uint32_t crc = 0xffffffffu;
+
+    for (size_t i = 0; i < len; i++) {
+        crc ^= p[i];
+        for (int k = 0; k < 8; k++)
+            crc = (crc >> 1) ^ (0xedb88320u & (0u - (crc & 1)));
+    }
+    return ~crc;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static uint64_t round_up(uint64_t v, uint64_t a)
+{
+    return (v + a - 1) / a * a;
+}
+
+void ovl_hdr_init(struct ovl_hdr *h, uint64_t size, uint32_t block_size)
+{
+    memset(h, 0, sizeof(*h));
+    h->version = OVL_VERSION;
+    h->size = size;
+    h->block_size = block_size;
+    h->nblocks = (size + block_size - 1) / block_size;
+    h->bitmap_off = OVL_HEADER_SIZE;
+    h->bitmap_len = MAX(4096u, round_up((h->nblocks + 7) / 8, 4096));
+    h->data_off = round_up(h->bitmap_off + h->bitmap_len, MAX(block_size, 4096u));
+}
+
+bool ovl_check_geometry(const char *what, uint64_t size, uint64_t block_size, GError **errp)
+{
+    if (block_size < OVL_MIN_BLOCK || block_size > OVL_MAX_BLOCK ||
+        (block_size & (block_size - 1)) != 0) {
+        g_set_error(errp, LF_ERROR, EINVAL,
+                    "%s: block size %" PRIu64 " is not a power of two from %u to %u", what,
+                    block_size, OVL_MIN_BLOCK, OVL_MAX_BLOCK);
+        return false;
+    }
+    if (size == 0 || size > OVL_MAX_SIZE) {
+        g_set_error(errp, LF_ERROR, EINVAL, "%s: size %" PRIu64 " is not between 1 and 2^60",
+                    what, size);
+        return false;
+    }
+    return true;
+}
+
+void ovl_hdr_encode(const struct ovl_hdr *h, uint8_t *buf)
+{
+    memset(buf, 0, OVL_HEADER_SIZE);
+    memcpy(buf, OVL_MAGIC, 8);
+    put32(buf + 8, h->version);
+    put32(buf + 12, OVL_HEADER_SIZE);
+    put64(buf + 16, h->size);
+    put32(buf + 24, h->block_size);
+    put32(buf + 28, h->flags);
+    put64(buf + 32, h->nblocks);
+    put64(buf + 40, h->bitmap_off);
+    put64(buf + 48, h->bitmap_len);
+    put64(buf + 56, h->data_off);
+    put32(buf + 64, 0);
+    put32(buf + 68, ovl_crc32(buf, OVL_HEADER_USED));
+}
+
+#define BAD(off, ...)                                                                  \
+    do {                                                                               \
+        g_autofree char *why_ = g_strdup_printf(__VA_ARGS__);                          \
+        g_set_error(errp, LF_ERROR, EINVAL, "%s: corrupt overlay header at offset %u: %s", \
+                    path, (unsigned)(off), why_);                                      \
+        return false;                                                                  \
+    } while (0)
+
+bool ovl_hdr_decode(const uint8_t *buf, size_t len, uint64_t file_size, const char *path,
+                    struct ovl_hdr *h, GError **errp)
+{
+    uint8_t tmp[OVL_HEADER_USED];
+
+    if (file_size < OVL_HEADER_SIZE || len < OVL_HEADER_USED) {
+        g_set_error(errp, LF_ERROR, EINVAL,
+                    "%s: truncated overlay: the file is %" PRIu64 " bytes, the header alone "
+                    "needs %u", path, MIN(file_size, (uint64_t)len), OVL_HEADER_SIZE);
+        return false;
+    }
+    if (memcmp(buf, OVL_MAGIC, 8) != 0) {
+        g_set_error(errp, LF_ERROR, EINVAL,
+                    "%s: not a layerfs overlay: bad magic at offset 0", path);
+        return false;
+    }
+    memset(h, 0, sizeof(*h));
+    h->version = get32(buf + 8);
+    if (h->version != OVL_VERSION)
+        BAD(8, "unsupported version %u (this program reads version %u)", h->version,
+            OVL_VERSION);
+    memcpy(tmp, buf, sizeof(tmp));
+    put32(tmp + 68, 0);
+    uint32_t want = get32(buf + 68), got = ovl_crc32(tmp, sizeof(tmp));
+    if (want != got)
+        BAD(68, "header checksum is %08x but the header's contents sum to %08x", want, got);
+    if (get32(buf + 12) != OVL_HEADER_SIZE)
+        BAD(12, "header size %u, expected %u", get32(buf + 12), OVL_HEADER_SIZE);
+    h->size = get64(buf + 16);
+    h->block_size = get32(buf + 24);
+    h->flags = get32(buf + 28);
+    h->nblocks = get64(buf + 32);
+    h->bitmap_off = get64(buf + 40);
+    h->bitmap_len = get64(buf + 48);
+    h->data_off = get64(buf + 56);
+    if (h->size == 0 || h->size > OVL_MAX_SIZE)
+        BAD(16, "virtual size %" PRIu64 " is not between 1 and 2^60", h->size);
+    if (h->block_size < OVL_MIN_BLOCK || h->block_size > OVL_MAX_BLOCK ||
+        (h->block_size & (h->block_size - 1)) != 0)
+        BAD(24, "block size %u is not a power of two from %u to %u", h->block_size,
+            OVL_MIN_BLOCK, OVL_MAX_BLOCK);
+    if (h->flags & ~(uint32_t)OVL_FLAGS_KNOWN)
+        BAD(28, "unknown flags 0x%x", h->flags & ~(uint32_t)OVL_FLAGS_KNOWN);
+    struct ovl_hdr ref;
+    ovl_hdr_init(&ref, h->size, h->block_size);
+    if (h->nblocks != ref.nblocks)
+        BAD(32, "block count %" PRIu64 " does not match size/block size (%" PRIu64 ")",
+            h->nblocks, ref.nblocks);
+    if (h->bitmap_off != ref.bitmap_off)
+        BAD(40, "bitmap offset %" PRIu64 ", expected %" PRIu64, h->bitmap_off, ref.bitmap_off);
+    if (h->bitmap_len != ref.bitmap_len)
+        BAD(48, "bitmap length %" PRIu64 ", expected %" PRIu64, h->bitmap_len, ref.bitmap_len);
+    if (h->data_off != ref.data_off)
+        BAD(56, "data offset %" PRIu64 ", expected %" PRIu64, h->data_off, ref.data_off);
+    if (get32(buf + 64) != 0)
+        BAD(64, "unknown incompatible features 0x%x", get32(buf + 64));
+    for (unsigned i = 72; i < OVL_HEADER_USED; i++)
+        if (buf[i] != 0)
+            BAD(i, "reserved byte is not zero");
+    if (file_size < h->bitmap_off + h->bitmap_len) {
+        g_set_error(errp, LF_ERROR, EINVAL,
+                    "%s: truncated overlay: the bitmap ends at offset %" PRIu64
+                    " but the file is %" PRIu64 " bytes", path, h->bitmap_off + h->bitmap_len,
+                    file_size);
+        return false;
+    }
+    return true;
+}
+
+/* Visit each bad bit: past the last block, or a present block whose data is past EOF. */
+static uint64_t scan_bad(const struct ovl_hdr *h, uint8_t *bm, uint64_t file_size, bool fix,
+                         uint64_t *first)
+{
+    uint64_t bad = 0;
+    uint64_t in_file = file_size > h->data_off ? (file_size - h->data_off) / h->block_size : 0;
+
+    for (uint64_t i = 0; i < h->bitmap_len; i++) {
+        if (bm[i] == 0)
+            continue;
+        for (unsigned k = 0; k < 8; k++) {
+            uint64_t b = i * 8 + k;
+            if (!((bm[i] >> k) & 1) || (b < h->nblocks && b < in_file))
+                continue;
+            if (bad++ == 0 && first != NULL)
+                *first = b;
+            if (fix)
+                bm[i] &= (uint8_t)~(1u << k);
+        }
+    }
+    return bad;
+}
+
+bool ovl_bitmap_check(const struct ovl_hdr *h, const uint8_t *bm, uint64_t file_size,
+                      const char *path, uint64_t *bad, GError **errp)
+{
+    uint64_t first = 0;
+    uint64_t n = scan_bad(h, (uint8_t *)bm, file_size, false, &first);
+
+    if (bad != NULL)
+        *bad = n;
+    if (n == 0)
+        return true;
+    if (first >= h->nblocks)
+        g_set_error(errp, LF_ERROR, EINVAL,
+                    "%s: corrupt overlay bitmap at offset %" PRIu64 ": block %" PRIu64
+                    " is marked present but the overlay has only %" PRIu64 " blocks "
+                    "(%" PRIu64 " bad bits; layerfs-img check --repair clears them)",
+                    path, h->bitmap_off + first / 8, first, h->nblocks, n);
+    else
+        g_set_error(errp, LF_ERROR, EINVAL,
+                    "%s: corrupt overlay bitmap at offset %" PRIu64 ": block %" PRIu64
+                    " is marked present but its data (offset %" PRIu64 ") is past the end "
+                    "of the %" PRIu64 "-byte file (%" PRIu64 " bad bits; layerfs-img check "
+                    "--repair clears them)", path, h->bitmap_off + first / 8, first,
+                    h->data_off + first * h->block_size, file_size, n);
+    return false;
+}
+
+uint64_t ovl_bitmap_repair(const struct ovl_hdr *h, uint8_t *bm, uint64_t file_size)
+{
+    return scan_bad(h, bm, file_size, true, NULL);
+}
+
+/* fsync the directory holding path, so a new file's name is durable. */
+static int sync_dir(const char *path)
+{
+    g_autofree char *dir = g_path_get_dirname(path);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int r = 0;
+
+    if (fd < 0)
+        return -errno;
+    if (fsync(fd) < 0)
+        r = -errno;
+    close(fd);
+    return r;
+}
+
+bool ovl_create_file(const char *path, uint64_t size, uint32_t block_size, GError **errp)
+{
+    struct ovl_hdr h;
+    uint8_t buf[OVL_HEADER_SIZE];
+    const char *step;
+
+    if (!ovl_check_geometry(path, size, block_size, errp))
+        return false;
+    ovl_hdr_init(&h, size, block_size);
+    ovl_hdr_encode(&h, buf);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        g_set_error(errp, LF_ERROR, errno, "%s: cannot create overlay: %s", path,
+                    g_strerror(errno));
+        return false;
+    }
+    step = "write header";
+    if (pwrite(fd, buf, sizeof(buf), 0) != (ssize_t)sizeof(buf))
+        goto fail;
+    /* The file has its full size from the start, all holes: every block absent. */
+    step = "set size";
+    if (ftruncate(fd, (off_t)ovl_file_size(&h)) < 0)
+        goto fail;
+    step = "fsync";
+    if (fsync(fd) < 0)
+        goto fail;
+    close(fd);
+    int r = sync_dir(path);
+    if (r < 0) {
+        g_set_error(errp, LF_ERROR, -r, "%s: cannot sync its directory: %s", path,
+                    g_strerror(-r));
+        return false;
+    }
+    return true;
+
+fail:;
+    int e = errno ? errno : EIO;
+    close(fd);
+    unlink(path);
+    g_set_error(errp, LF_ERROR, e, "%s: cannot create overlay (%s): %s", path, step,
+                g_strerror(e));
+    return false;
+}

@@ -1,0 +1,448 @@
+/* SPDX-License-Identifier: MIT */
+/* The sparse-layer engine behind overlay and ram: presence bitmap, range locks, copy-up.
+ * See "Notes on the design" in sparse.h. */
+#include <errno.h>
+#include <string.h>
+
+#include "layers/sparse.h"
+
+enum sp_kind { SP_WRITE, SP_ZERO, SP_DISCARD };
+
+/* One piece of store I/O an operation issues under its range lock. */
+struct sp_seg {
+    uint64_t offset, len;   /* layer bytes written */
+    uint64_t skip;          /* source: bytes into the operation's iov (SP_WRITE) */
+    void *buf;              /* copy-up buffer of one block, or NULL */
+    uint64_t blk;           /* the block a copy-up buffer holds */
+    bool zero;              /* store zero instead of write */
+    bool mark;              /* mark [offset, offset+len) present on success */
+};
+
+struct sp_op {
+    struct sparse *sp;
+    struct bc_loop *loop;
+    bc_cb *cb;
+    void *opaque;
+    enum sp_kind kind;
+    const struct iovec *iov;
+    int iovcnt;
+    uint64_t offset, len;
+    unsigned flags;
+    bool next_is_zero;
+    uint64_t b0, b1;        /* locked blocks [b0, b1) */
+    struct sp_op *next;     /* in sp->running or a waiter list */
+    struct sp_op *waiters;
+    struct bc_task task;
+    unsigned pending;
+    int err;
+    GArray *segs;           /* struct sp_seg */
+    struct iovec *wiov;     /* scratch for one segment's iovecs */
+};
+
+static void set_bits(struct sparse *sp, uint64_t b0, uint64_t b1, bool on)
+{
+    for (uint64_t b = b0; b < b1; b++) {
+        uint8_t *p = &sp->bitmap[b >> 3];
+        uint8_t m = 1u << (b & 7);
+        if (((*p & m) != 0) == on)
+            continue;
+        *p = on ? (*p | m) : (*p & ~m);
+        uint64_t page = (b >> 3) / SPARSE_PAGE;
+        if (!sp->dirty[page]) {
+            sp->dirty[page] = 1;
+            sp->ndirty++;
+        }
+    }
+}
+
+void sparse_init(struct sparse *sp, struct layer *l, uint64_t size, uint32_t bs,
+                 const struct sparse_store_ops *ops, void *store)
+{
+    memset(sp, 0, sizeof(*sp));
+    sp->layer = l;
+    sp->ops = ops;
+    sp->store = store;
+    sp->size = size;
+    sp->bs = bs;
+    sp->shift = (unsigned)__builtin_ctz(bs);
+    sp->nblocks = (size + bs - 1) >> sp->shift;
+    sp->bitmap_len = MAX(SPARSE_PAGE, (((sp->nblocks + 7) / 8) + SPARSE_PAGE - 1) /
+                                          SPARSE_PAGE * SPARSE_PAGE);
+    sp->bitmap = g_malloc0(sp->bitmap_len);
+    sp->dirty = g_malloc0(sp->bitmap_len / SPARSE_PAGE);
+    g_mutex_init(&sp->lock);
+}
+
+void sparse_destroy(struct sparse *sp)
+{
+    assert(sp->running == NULL);
+    g_free(sp->bitmap);
+    g_free(sp->dirty);
+    g_mutex_clear(&sp->lock);
+    sp->bitmap = NULL;
+    sp->dirty = NULL;
+}
+
+int sparse_present(struct sparse *sp, uint64_t offset, uint64_t len, uint64_t *pnum)
+{
+    if (offset >= (sp->nblocks << sp->shift)) {
+        *pnum = len;
+        return 0;
+    }
+    uint64_t b = offset >> sp->shift;
+    g_mutex_lock(&sp->lock);
+    bool state = bit_get(sp->bitmap, b);
+    uint64_t e = b + 1;
+    uint64_t last = MIN(sp->nblocks, ((offset + len - 1) >> sp->shift) + 1);
+    while (e < last && bit_get(sp->bitmap, e) == state)
+        e++;
+    g_mutex_unlock(&sp->lock);
+    *pnum = MIN(len, (e << sp->shift) - offset);
+    return state ? 1 : 0;
+}
+
+uint64_t sparse_count(struct sparse *sp)
+{
+    uint64_t n = 0;
+
+    g_mutex_lock(&sp->lock);
+    for (uint64_t i = 0; i < (sp->nblocks + 7) / 8; i++)
+        n += (uint64_t)__builtin_popcount(sp->bitmap[i]);
+    g_mutex_unlock(&sp->lock);
+    return n;
+}
+
+void sparse_read(struct sparse *sp, struct bc_loop *loop, const struct iovec *iov, int iovcnt,
+                 uint64_t offset, bc_cb *cb, void *opaque)
+{
+    sp->ops->read(sp->store, loop, iov, iovcnt, offset, cb, opaque);
+}
+
+uint64_t sparse_take_dirty(struct sparse *sp, uint8_t *copy, uint8_t *pages)
+{
+    uint64_t n = 0;
+
+    g_mutex_lock(&sp->lock);
+    for (uint64_t p = 0; p < sp->bitmap_len / SPARSE_PAGE; p++) {
+        pages[p] = sp->dirty[p];
+        if (!sp->dirty[p])
+            continue;
+        memcpy(copy + p * SPARSE_PAGE, sp->bitmap + p * SPARSE_PAGE, SPARSE_PAGE);
+        sp->dirty[p] = 0;
+        n++;
+    }
+    sp->ndirty = 0;
+    g_mutex_unlock(&sp->lock);
+    return n;
+}
+
+void sparse_redirty(struct sparse *sp, const uint8_t *pages)
+{
+    g_mutex_lock(&sp->lock);
+    for (uint64_t p = 0; p < sp->bitmap_len / SPARSE_PAGE; p++)
+        if (pages[p] && !sp->dirty[p]) {
+            sp->dirty[p] = 1;
+            sp->ndirty++;
+        }
+    g_mutex_unlock(&sp->lock);
+}
+
+/* ---- operations -------------------------------------------------------------------- */
+
+static void op_finish(struct sp_op *op)
+{
+    struct sparse *sp = op->sp;
+    bc_cb *cb = op->cb;
+    void *opaque = op->opaque;
+    int err = op->err;
+    struct sp_op *w;
+
+    g_mutex_lock(&sp->lock);
+    if (err == 0) {
+        for (guint i = 0; i < op->segs->len; i++) {
+            struct sp_seg *s = &g_array_index(op->segs, struct sp_seg, i);
+            if (s->mark)
+                set_bits(sp, s->offset >> sp->shift,
+                         ((s->offset + s->len - 1) >> sp->shift) + 1, true);
+        }
+    }
+    for (struct sp_op **pp = &sp->running; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == op) {
+            *pp = op->next;
+            break;
+        }
+    }
+    w = op->waiters;
+    g_mutex_unlock(&sp->lock);
+
+    while (w != NULL) {
+        struct sp_op *nx = w->next;
+        w->next = NULL;
+        bc_loop_wake(w->loop, &w->task);
+        w = nx;
+    }
+    for (guint i = 0; i < op->segs->len; i++)
+        bc_buf_free(g_array_index(op->segs, struct sp_seg, i).buf);
+    g_array_free(op->segs, true);
+    g_free(op->wiov);
+    g_free(op);
+    cb(opaque, err);
+}
+
+static void op_write_done(void *opaque, int res)
+{
+    struct sp_op *op = opaque;
+
+    if (res < 0 && op->err == 0)
+        op->err = res;
+    if (--op->pending == 0)
+        op_finish(op);
+}
+
+static void op_finish_task(struct bc_task *task)
+{
+    op_finish(layer_container_of(task, struct sp_op, task));
+}
+
+/* Phase 2: every copy-up is in; merge and issue the store writes. */
+static void op_write(struct sp_op *op)
+{
+    struct sparse *sp = op->sp;
+
+    op->pending = 1;
+    if (op->err == 0) {
+        for (guint i = 0; i < op->segs->len; i++) {
+            struct sp_seg *s = &g_array_index(op->segs, struct sp_seg, i);
+            op->pending++;
+            if (s->buf != NULL) {
+                /* Merge the operation's bytes within this block into the copy. */
+                uint64_t bstart = s->blk << sp->shift;
+                uint64_t a = MAX(op->offset, bstart);
+                uint64_t e = MIN(op->offset + op->len, bstart + sp->bs);
+                if (op->kind == SP_WRITE)
+                    bc_iov_to_buf(op->iov, op->iovcnt, a - op->offset,
+                                  (char *)s->buf + (a - bstart), e - a);
+                else
+                    memset((char *)s->buf + (a - bstart), 0, e - a);
+                struct iovec *one = &op->wiov[i * (size_t)op->iovcnt];
+                one->iov_base = s->buf;
+                one->iov_len = sp->bs;
+                sp->ops->write(sp->store, op->loop, one, 1, bstart,
+                               op->flags & BC_REQ_FUA, op_write_done, op);
+            } else if (s->zero) {
+                sp->ops->zero(sp->store, op->loop, s->offset, s->len,
+                              op->flags & (BC_REQ_FUA | BC_REQ_MAY_UNMAP), op_write_done, op);
+            } else {
+                /* Each segment gets its own slice of the scratch array, alive until
+                 * the operation finishes. */
+                struct iovec *v = op->wiov + (size_t)i * (size_t)op->iovcnt;
+                int n = 0;
+                uint64_t skip = s->skip, left = s->len;
+                for (int k = 0; k < op->iovcnt && left > 0; k++) {
+                    if (skip >= op->iov[k].iov_len) {
+                        skip -= op->iov[k].iov_len;
+                        continue;
+                    }
+                    uint64_t take = MIN(op->iov[k].iov_len - skip, left);
+                    v[n].iov_base = (char *)op->iov[k].iov_base + skip;
+                    v[n].iov_len = take;
+                    n++;
+                    left -= take;
+                    skip = 0;
+                }
+                sp->ops->write(sp->store, op->loop, v, n, s->offset, op->flags & BC_REQ_FUA,
+                               op_write_done, op);
+            }
+        }
+    }
+    if (--op->pending == 0) {
+        op->task.fn = op_finish_task;
+        bc_loop_defer(op->loop, &op->task);
+    }
+}
+
+static void op_copyup_done(void *opaque, int res)
+{
+    struct sp_op *op = opaque;
+
+    if (res < 0 && op->err == 0)
+        op->err = res;
+    if (--op->pending == 0)
+        op_write(op);
+}
+
+static void op_write_task(struct bc_task *task)
+{
+    op_write(layer_container_of(task, struct sp_op, task));
+}
+
+static void add_seg(struct sp_op *op, struct sp_seg s)
+{
+    g_array_append_val(op->segs, s);
+}
+
+/* Plan the segments for blocks [b0, b1) of the operation; called under sp->lock. */
+static void plan(struct sp_op *op)
+{
+    struct sparse *sp = op->sp;
+    uint64_t end = op->offset + op->len;
+
+    for (uint64_t b = op->b0; b < op->b1;) {
+        bool present = bit_get(sp->bitmap, b);
+        uint64_t bstart = b << sp->shift;
+        uint64_t a = MAX(op->offset, bstart);
+        bool whole = a == bstart && end >= bstart + sp->bs;
+
+        if (op->kind == SP_WRITE && (op->flags & LAYER_NO_OVERWRITE) && present) {
+            b++;
+            continue;
+        }
+        if (!whole) {
+            uint64_t e = MIN(end, bstart + sp->bs);
+            if (present) {
+                if (op->kind == SP_WRITE)
+                    add_seg(op, (struct sp_seg){ .offset = a, .len = e - a,
+                                                 .skip = a - op->offset });
+                else if (op->kind == SP_ZERO)
+                    add_seg(op, (struct sp_seg){ .offset = a, .len = e - a, .zero = true });
+            } else if (op->kind == SP_WRITE || (op->kind == SP_ZERO && !op->next_is_zero)) {
+                add_seg(op, (struct sp_seg){ .offset = bstart, .len = sp->bs,
+                                             .buf = bc_buf_alloc(sp->bs), .blk = b,
+                                             .mark = true });
+            }
+            b++;
+            continue;
+        }
+        /* A run of whole blocks with the same handling. */
+        uint64_t e = b + 1;
+        uint64_t last_whole = end >> sp->shift;   /* blocks < this are whole (from a) */
+        while (e < MIN(op->b1, last_whole)) {
+            if ((op->flags & LAYER_NO_OVERWRITE) && bit_get(sp->bitmap, e))
+                break;
+            e++;
+        }
+        uint64_t off = bstart, len = (e - b) << sp->shift;
+        switch (op->kind) {
+        case SP_WRITE:
+            add_seg(op, (struct sp_seg){ .offset = off, .len = len, .skip = off - op->offset,
+                                         .mark = true });
+            break;
+        case SP_ZERO:
+            if (!op->next_is_zero) {
+                add_seg(op, (struct sp_seg){ .offset = off, .len = len, .zero = true,
+                                             .mark = true });
+                break;
+            }
+            /* below reads as zeros, so dropping the blocks zeroes them */
+            G_GNUC_FALLTHROUGH;
+        case SP_DISCARD:
+            set_bits(sp, b, e, false);
+            if (sp->ops->dropped != NULL)
+                sp->ops->dropped(sp->store, b, e);
+            break;
+        }
+        b = e;
+    }
+}
+
+/* Runs with the range lock held: plan, copy up, write. */
+static void op_locked(struct sp_op *op)
+{
+    struct sparse *sp = op->sp;
+
+    op->pending = 1;
+    for (guint i = 0; i < op->segs->len; i++) {
+        struct sp_seg *s = &g_array_index(op->segs, struct sp_seg, i);
+        if (s->buf == NULL)
+            continue;
+        op->pending++;
+        struct iovec *one = &op->wiov[i * (size_t)op->iovcnt];
+        one->iov_base = s->buf;
+        one->iov_len = sp->bs;
+        layer_next_read(sp->layer, op->loop, one, 1, s->blk << sp->shift, op_copyup_done, op);
+    }
+    if (--op->pending == 0) {
+        op->task.fn = op_write_task;
+        bc_loop_defer(op->loop, &op->task);
+    }
+}
+
+static bool overlaps(const struct sp_op *a, const struct sp_op *b)
+{
+    return a->b0 < b->b1 && b->b0 < a->b1;
+}
+
+/* Take the range lock or queue behind the first running operation in the way. */
+static void op_try(struct sp_op *op)
+{
+    struct sparse *sp = op->sp;
+
+    g_mutex_lock(&sp->lock);
+    for (struct sp_op *r = sp->running; r != NULL; r = r->next) {
+        if (overlaps(r, op)) {
+            op->next = r->waiters;
+            r->waiters = op;
+            g_mutex_unlock(&sp->lock);
+            return;
+        }
+    }
+    op->next = sp->running;
+    sp->running = op;
+    plan(op);
+    g_mutex_unlock(&sp->lock);
+    /* Scratch iovecs: one slice of iovcnt entries per segment. */
+    op->wiov = g_new0(struct iovec, (size_t)MAX(op->segs->len, 1) * (size_t)op->iovcnt);
+    op_locked(op);
+}
+
+static void op_try_task(struct bc_task *task)
+{
+    op_try(layer_container_of(task, struct sp_op, task));
+}
+
+static void op_begin(struct sparse *sp, enum sp_kind kind, struct bc_loop *loop,
+                     const struct iovec *iov, int iovcnt, uint64_t offset, uint64_t len,
+                     unsigned flags, bool next_is_zero, bc_cb *cb, void *opaque)
+{
+    if (len == 0 || offset >= sp->size) {
+        layer_complete_later(loop, cb, opaque, len == 0 ? 0 : -ENOSPC);
+        return;
+    }
+    struct sp_op *op = g_new0(struct sp_op, 1);
+    op->sp = sp;
+    op->loop = loop;
+    op->cb = cb;
+    op->opaque = opaque;
+    op->kind = kind;
+    op->iov = iov;
+    op->iovcnt = MAX(iovcnt, 1);
+    op->offset = offset;
+    op->len = MIN(len, sp->size - offset);
+    op->flags = flags;
+    op->next_is_zero = next_is_zero;
+    op->b0 = offset >> sp->shift;
+    op->b1 = ((offset + op->len - 1) >> sp->shift) + 1;
+    op->segs = g_array_new(false, true, sizeof(struct sp_seg));
+    op->task.fn = op_try_task;
+    /* Never complete inside the call: start from the loop. */
+    bc_loop_defer(loop, &op->task);
+}
+
+void sparse_write(struct sparse *sp, struct bc_loop *loop, const struct iovec *iov,
+                  int iovcnt, uint64_t offset, unsigned flags, bc_cb *cb, void *opaque)
+{
+    op_begin(sp, SP_WRITE, loop, iov, iovcnt, offset, bc_iov_len(iov, iovcnt), flags, false,
+             cb, opaque);
+}
+
+void sparse_zero(struct sparse *sp, struct bc_loop *loop, uint64_t offset, uint64_t len,
+                 unsigned flags, bool next_is_zero, bc_cb *cb, void *opaque)
+{
+    op_begin(sp, SP_ZERO, loop, NULL, 0, offset, len, flags, next_is_zero, cb, opaque);
+}
+
+void sparse_discard(struct sparse *sp, struct bc_loop *loop, uint64_t offset, uint64_t len,
+                    bc_cb *cb, void *opaque)
+{
+    op_begin(sp, SP_DISCARD, loop, NULL, 0, offset, len, 0, true, cb, opaque);
+}
