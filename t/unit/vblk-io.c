@@ -22,6 +22,8 @@ static const char *opt_driver = "virtio-blk-vhost-user";
 static const char *opt_path, *opt_image, *opt_out, *opt_mode = "io", *opt_queues;
 static const char *opt_qsize;
 static unsigned opt_blk = 512, opt_loops = 2, opt_ops = 300;
+static bool opt_sha256;
+static unsigned opt_timeout = 120;
 static pid_t opt_kill_pid;
 static uint64_t opt_eio_off;
 static guint32 opt_seed = 1;
@@ -345,13 +347,17 @@ static int mode_io(void)
            p->zero_align, p->read_only);
     if (p->req_align != opt_blk)
         FAIL("req_align %u, want %u", p->req_align, opt_blk);
-    if (!g_file_get_contents(opt_image, &init, &ilen, &err) || ilen != dev_size) {
-        FAIL("image %s: %s (size %zu)", opt_image, err ? err->message : "wrong size", ilen);
-        return 1;
+    model = g_malloc0(dev_size);
+    known = g_malloc0(dev_size);
+    if (opt_image) {
+        /* The initial contents as the host wrote them; else learnt from the first read. */
+        if (!g_file_get_contents(opt_image, &init, &ilen, &err) || ilen != dev_size) {
+            FAIL("image %s: %s (size %zu)", opt_image, err ? err->message : "wrong size", ilen);
+            return 1;
+        }
+        memcpy(model, init, dev_size);
+        memset(known, 1, dev_size);
     }
-    model = g_memdup2(init, dev_size);
-    known = g_malloc(dev_size);
-    memset(known, 1, dev_size);
 
     /* The whole device, as the host wrote it. */
     g_autofree uint8_t *buf = g_malloc(dev_size);
@@ -381,8 +387,12 @@ static int mode_io(void)
     if (r)
         FAIL("final read: %s", g_strerror(-r));
     check(buf, 0, dev_size, "final contents");
-    if (!g_file_set_contents(opt_out, (char *)buf, (gssize)dev_size, &err))
+    if (opt_out && !g_file_set_contents(opt_out, (char *)buf, (gssize)dev_size, &err))
         FAIL("%s", err->message);
+    if (opt_sha256) {
+        g_autofree char *sum = g_compute_checksum_for_data(G_CHECKSUM_SHA256, buf, dev_size);
+        printf("sha256 %s\n", sum);
+    }
     bc_dev_close(dev);
     bc_loop_free(loop);
     g_free(model);
@@ -532,7 +542,8 @@ int main(int argc, char **argv)
         { "mode", 1, NULL, 'm' },   { "blk", 1, NULL, 'b' },   { "loops", 1, NULL, 'l' },
         { "ops", 1, NULL, 'n' },    { "num-queues", 1, NULL, 'q' },
         { "queue-size", 1, NULL, 'Q' }, { "kill-pid", 1, NULL, 'k' },
-        { "eio-offset", 1, NULL, 'e' }, { "seed", 1, NULL, 's' }, { NULL, 0, NULL, 0 },
+        { "eio-offset", 1, NULL, 'e' }, { "seed", 1, NULL, 's' }, { "sha256", 0, NULL, 'S' },
+        { "timeout", 1, NULL, 'T' }, { NULL, 0, NULL, 0 },
     };
     int c;
 
@@ -552,6 +563,8 @@ int main(int argc, char **argv)
         case 'k': opt_kill_pid = atoi(optarg); break;
         case 'e': opt_eio_off = g_ascii_strtoull(optarg, NULL, 0); break;
         case 's': opt_seed = (guint32)atoi(optarg); break;
+        case 'S': opt_sha256 = true; break;
+        case 'T': opt_timeout = (unsigned)atoi(optarg); break;
         default: return 2;
         }
     }
@@ -561,7 +574,7 @@ int main(int argc, char **argv)
     }
     opt_path = argv[optind];
     signal(SIGALRM, watchdog);
-    alarm(120);
+    alarm(opt_timeout);
     signal(SIGPIPE, SIG_IGN);
     printf("# %s %s seed %u\n", opt_driver, opt_mode, opt_seed);
 

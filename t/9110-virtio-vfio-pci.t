@@ -1,0 +1,164 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+# The virtio-blk-vfio-pci driver inside a QEMU guest (TCG, emulated intel-iommu, a
+# virtio-blk-pci device with iommu_platform=on): the guest binds the device to vfio-pci,
+# runs t/bin/vblk-io on it (random odd I/O from 3 loops on 2 queues against a model), then
+# layerfs with writes and reads through the exposed file, and reports TAP on the serial
+# console; the host then checks the image file against the guest's view byte for byte
+# (by SHA-256).  See shared/PLATFORM.md.  Needs qemu-system-x86, a distribution kernel with
+# the vfio modules (linux-image-cloud-amd64), busybox-static and cpio.
+. "$(dirname "$0")/tap.sh"
+
+require_cmd qemu-system-x86_64 busybox cpio sha256sum ldd
+VBLK=$BUILDDIR/t/bin/vblk-io
+[ -x "$VBLK" ] || skip_all "t/bin/vblk-io not built (make check builds it)"
+[ -x "$LAYERFS" ] || skip_all "layerfs not built"
+ldd "$(command -v busybox)" >/dev/null 2>&1 &&
+    skip_all "busybox is dynamically linked (install busybox-static)"
+
+KVER=
+for k in /boot/vmlinuz-*; do
+    v=${k#/boot/vmlinuz-}
+    [ -e "/lib/modules/$v/kernel/drivers/vfio/pci/vfio-pci.ko" ] ||
+        [ -e "/lib/modules/$v/kernel/drivers/vfio/pci/vfio-pci.ko.xz" ] && KVER=$v
+done
+[ -n "$KVER" ] || skip_all "no kernel in /boot with vfio-pci modules (linux-image-cloud-amd64)"
+VMLINUZ=/boot/vmlinuz-$KVER
+
+SIZE=$((32 << 20))
+IMG=$SCRATCH/disk.img
+ROOT=$SCRATCH/initrd
+head -c $SIZE /dev/urandom >"$IMG"
+
+# ---- the guest's initramfs --------------------------------------------------------------
+mkdir -p "$ROOT"/{bin,dev,proc,sys,tmp,mnt,lib/modules,lib64,lib/x86_64-linux-gnu,etc}
+cp "$(command -v busybox)" "$ROOT/bin/busybox"
+copy_bin() {
+    cp "$1" "$ROOT/bin/"
+    ldd "$1" | grep -o '/[^ ]*' | while read -r lib; do
+        mkdir -p "$ROOT$(dirname "$lib")"
+        cp -L "$lib" "$ROOT$lib"
+    done
+}
+copy_bin "$VBLK"
+copy_bin "$LAYERFS"
+for m in irqbypass vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci fuse; do
+    f=$(find "/lib/modules/$KVER/kernel" -name "$m.ko*" | head -n 1)
+    [ -n "$f" ] || skip_all "module $m missing for $KVER"
+    case $f in
+        *.xz) xz -dc "$f" >"$ROOT/lib/modules/$m.ko" ;;
+        *.zst) zstd -qdc "$f" >"$ROOT/lib/modules/$m.ko" ;;
+        *) cp "$f" "$ROOT/lib/modules/$m.ko" ;;
+    esac
+done
+head -c 1000000 /dev/urandom >"$ROOT/src"
+touch "$ROOT/etc/mtab"
+
+cat >"$ROOT/init" <<'EOF'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+res() { if [ "$1" = 0 ]; then echo "GUEST ok - $2"; else echo "GUEST not ok - $2"; fi; }
+run() { # run DESC CMD...: a TAP line, the output as comments
+    d=$1; shift
+    "$@" >/tmp/out 2>&1; rc=$?
+    sed 's/^/GUEST # /' /tmp/out
+    res $rc "$d"
+}
+for m in irqbypass vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci fuse; do
+    insmod /lib/modules/$m.ko || echo "GUEST # insmod $m failed"
+done
+dev=
+for d in /sys/bus/pci/devices/*; do
+    [ "$(cat $d/vendor)" = 0x1af4 ] && [ "$(cat $d/device)" = 0x1042 ] && dev=${d##*/}
+done
+echo vfio-pci >/sys/bus/pci/devices/$dev/driver_override
+echo $dev >/sys/bus/pci/drivers_probe
+grp=$(readlink /sys/bus/pci/devices/$dev/iommu_group)
+[ -c /dev/vfio/${grp##*/} ]; res $? "virtio-blk $dev bound to vfio-pci, /dev/vfio/${grp##*/}"
+
+vblk-io --driver virtio-blk-vfio-pci --mode open 0000:00:00.0 >/tmp/out 2>&1
+grep -q "not bound to vfio-pci" /tmp/out; res $? "a device not bound to vfio-pci: clear error"
+sed 's/^/GUEST # /' /tmp/out
+
+vblk-io --driver virtio-blk-vfio-pci --mode open --num-queues 9 $dev >/tmp/out 2>&1
+grep -q "num-queues 9: the device has only 2" /tmp/out
+res $? "too many queues: clear error after a partial setup (the device is reset)"
+sed 's/^/GUEST # /' /tmp/out
+
+run "vblk-io: 3 loops on 2 queues, random odd I/O checked against a model" \
+    vblk-io --driver virtio-blk-vfio-pci --mode io --blk 512 --loops 3 --ops 120 \
+    --num-queues 2 --sha256 --timeout 600 $dev
+
+# layerfs on the device: odd and concurrent sector-sharing writes through the file.
+layerfs -f --pidfile /tmp/pid --disk "d=driver=virtio-blk-vfio-pci,path=$(echo $dev | sed 's/:/\\:/g')" /mnt \
+    >/tmp/lf.log 2>&1 &
+lf=$!
+i=0; while [ ! -s /tmp/pid ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+[ -s /tmp/pid ] && [ -e /mnt/d ]; mounted=$?
+res $mounted "layerfs mounts the device"; sed 's/^/GUEST # /' /tmp/lf.log
+[ $mounted = 0 ] || { echo "GUEST done"; poweroff -f; }
+cp /mnt/d /tmp/ref
+echo "GUEST before-fuse $(sha256sum </tmp/ref | cut -d' ' -f1)"
+w() { dd if=/src conv=notrunc "$@" 2>/dev/null; }
+for f in /mnt/d /tmp/ref; do
+    w of=$f bs=65519 count=7
+    w of=$f bs=1 count=1 seek=4095 skip=3
+    w of=$f bs=1 count=1 seek=511 skip=9
+    w of=$f bs=1000 count=3 seek=2049 skip=1
+    w of=$f bs=100 count=1 seek=LAST_CELL
+    pids=
+    for k in 0 1 2; do
+        (for c in 0 3 6 9 12 15 18 21 24 27; do
+            w of=$f bs=37 count=1 seek=$((3000 + c + k)) skip=$((c + k))
+        done) &
+        pids="$pids $!"
+    done
+    wait $pids
+done
+cmp /mnt/d /tmp/ref; res $? "layerfs: odd and concurrent writes read back"
+sync
+kill -TERM $lf; wait $lf; res $? "layerfs exits cleanly"
+echo "GUEST after-fuse $(sha256sum </tmp/ref | cut -d' ' -f1)"
+echo "GUEST done"
+poweroff -f
+EOF
+sed -i "s/LAST_CELL/$(( (SIZE - 100) / 100 ))/" "$ROOT/init"
+chmod +x "$ROOT/init"
+(cd "$ROOT" && find . | cpio -o -H newc --quiet) >"$SCRATCH/initrd.cpio"
+
+# ---- boot -------------------------------------------------------------------------------
+LOG=$SCRATCH/serial.log
+timeout 900 qemu-system-x86_64 -accel tcg -machine q35,kernel-irqchip=split -cpu max -smp 2 \
+    -m 512 -nographic -no-reboot -device intel-iommu,intremap=on,caching-mode=on \
+    -kernel "$VMLINUZ" -initrd "$SCRATCH/initrd.cpio" \
+    -append "console=ttyS0 intel_iommu=on panic=-1 quiet loglevel=3" \
+    -device pcie-root-port,id=rp1,chassis=1 \
+    -drive "file=$IMG,if=none,id=d0,format=raw,cache=none,discard=unmap" \
+    -device virtio-blk-pci,bus=rp1,drive=d0,disable-legacy=on,iommu_platform=on,num-queues=2 \
+    -net none </dev/null >"$LOG" 2>&1
+rc=$?
+tr -d '\r' <"$LOG" >"$LOG.txt"
+is "$rc" 0 "the guest ran and powered off"
+grep -q "^GUEST done" "$LOG.txt" || { diag "guest console:"; tail -n 40 "$LOG.txt" | sed 's/^/#   /'; }
+
+while IFS= read -r line; do
+    case $line in
+        "GUEST ok - "*) _t_result 0 "guest: ${line#GUEST ok - }" ;;
+        "GUEST not ok - "*) _t_result 1 "guest: ${line#GUEST not ok - }" ;;
+        "GUEST # "*) echo "# ${line#GUEST # }" ;;
+    esac
+done <"$LOG.txt"
+
+vblk_sum=$(sed -n 's/^GUEST # sha256 //p' "$LOG.txt")
+before=$(sed -n 's/^GUEST before-fuse //p' "$LOG.txt")
+after=$(sed -n 's/^GUEST after-fuse //p' "$LOG.txt")
+like "$vblk_sum" '^[0-9a-f]{64}$' "the guest reported the device contents after vblk-io"
+is "$before" "$vblk_sum" "layerfs saw what vblk-io left on the device"
+is "$(sha256sum <"$IMG" | cut -d' ' -f1)" "$after" \
+    "the image on the host is byte for byte what the guest wrote"
+
+done_testing
