@@ -42,7 +42,6 @@ struct bc_dev {
 enum bc_step {
     ST_DIRECT,          /* caller's buffers straight to the driver */
     ST_CHUNK_READ,      /* bounce path: read a chunk */
-    ST_CHUNK_HEAD,      /* bounce path: a write chunk got its memory */
     ST_CHUNK_RMW,       /* bounce path: RMW read of the head and/or tail */
     ST_CHUNK_WRITE,     /* bounce path: write a chunk */
     ST_ZEROES,          /* driver write-zeroes of the aligned part */
@@ -69,7 +68,7 @@ struct bc_req {
     uint64_t chunk_end;
     uint32_t chunk;
     bool have_blocker;
-    bool head_done;             /* write chunk: RMW reads worked out */
+    bool tail_saved;            /* multi-chunk RMW: tail block kept after the chunk area */
     unsigned rmw, rmw_reading;  /* RMW_* reads still needed / in flight */
     uint64_t zr[2][2];          /* write-zeroes: regions written with zero buffers */
     int zi;                     /* write-zeroes: current region */
@@ -85,7 +84,7 @@ struct bc_req {
 };
 
 static void step(struct bc_req *req);
-static void chunk_start(struct bc_req *req);
+static void bounce_start(struct bc_req *req);
 static void chunk_write_step(struct bc_req *req);
 
 /* ---- shared zero source ---------------------------------------------------------- */
@@ -319,9 +318,10 @@ static void dreq_done(struct bc_dreq *d, int res)
             bc_iov_from_buf(req->iov, req->iovcnt, from - req->offset,
                             (char *)req->bounce + (from - req->pos), to - from);
         }
-        release_bounce(req);
         req->pos = req->chunk_end;
-        chunk_start(req);
+        if (req->pos == req->pend)
+            return req_done(req, 0);
+        step(req);
         return;
     case ST_CHUNK_RMW:
         if (res < 0)
@@ -332,15 +332,17 @@ static void dreq_done(struct bc_dreq *d, int res)
     case ST_CHUNK_WRITE:
         if (res < 0)
             return req_done(req, res);
-        release_bounce(req);
         req->pos = req->chunk_end;
-        chunk_start(req);
+        if (req->pos == req->pend)
+            return req_done(req, 0);
+        chunk_write_step(req);
         return;
     case ST_ZEROES:
         release_blocker(req);
         if (res == -EOPNOTSUPP) {
             /* No efficient path: write zero buffers over the whole range. */
             req->zr[0][1] = req->zr[1][0] = req->zr[1][1];
+            res = 0;
         }
         if (res < 0)
             return req_done(req, res);
@@ -353,7 +355,6 @@ static void dreq_done(struct bc_dreq *d, int res)
         return req_done(req, res == -EOPNOTSUPP ? 0 : res);
     case ST_FLUSH:
         return req_done(req, res);
-    case ST_CHUNK_HEAD:
     case ST_ZERO_PIECE:
         break;
     }
@@ -453,76 +454,100 @@ static void bounce_granted(struct bc_task *t)
     step(req);
 }
 
-/* Bounce-path chunk size: fits the budget and max_transfer, a multiple of the unit. */
+/* Bounce-path chunk size: a multiple of the unit that fits max_transfer and, with room
+ * for a saved tail block, the budget. */
 static uint32_t chunk_size(const struct bc_dev *dev)
 {
-    uint64_t c = MIN(MIN((uint64_t)1 << 20, bc_bounce_budget()), dev->props.max_transfer);
+    uint64_t budget = bc_bounce_budget();
+    uint64_t c = MIN(MIN((uint64_t)1 << 20, budget - MIN(budget / 2, dev->unit)),
+                     dev->props.max_transfer);
 
     return MAX(bc_align_down(c, dev->unit), dev->unit);
 }
 
-/* Start the chunk at req->pos: take its bounce memory, then step(). */
-static void chunk_start(struct bc_req *req)
+/* Which RMW reads a write still needs. */
+enum { RMW_HEAD = 1, RMW_TAIL = 2 };
+
+/*
+ * Start the bounce path over [pstart, pend) (a write holds its blocker by now): one
+ * buffer of up to one chunk serves every chunk in turn.  For a write, every RMW read is
+ * done before anything is written, so a failed read changes nothing; when the tail
+ * block lies in a later chunk it is kept in an extra block after the chunk area.
+ */
+static void bounce_start(struct bc_req *req)
 {
-    if (req->pos == req->pend)
-        return req_done(req, 0);
-    req->chunk_end = MIN(req->pend, req->pos + req->chunk);
-    req->head_done = false;
-    req->step = req->op == BC_OP_READ ? ST_CHUNK_READ : ST_CHUNK_HEAD;
-    req->bounce_len = req->chunk_end - req->pos;
+    struct bc_dev *dev = req->dev;
+    uint64_t total = req->pend - req->pstart;
+
+    req->chunk = chunk_size(dev);
+    req->pos = req->pstart;
+    req->rmw = 0;
+    if (req->op == BC_OP_WRITE) {
+        req->rmw = (req->pstart < req->offset ? RMW_HEAD : 0) |
+                   (req->pend > req->end ? RMW_TAIL : 0);
+        if (req->rmw)
+            __atomic_add_fetch(&dev->n_rmw, 1, __ATOMIC_RELAXED);
+    }
+    req->tail_saved = total > req->chunk && (req->rmw & RMW_TAIL);
+    req->bounce_len = MIN(total, req->chunk) + (req->tail_saved ? dev->unit : 0);
+    req->step = req->op == BC_OP_READ ? ST_CHUNK_READ : ST_CHUNK_WRITE;
     req->bw.task.fn = bounce_granted;
     req->bounce = bc_bounce_get(req->bounce_len, &req->bw, req->loop);
     if (req->bounce)
         step(req);
 }
 
-static void submit_bounce(struct bc_req *req, enum bc_op op, uint64_t from, uint64_t to)
+/* Driver I/O between bounce + boff and [from, to) of the device. */
+static void submit_bounce(struct bc_req *req, enum bc_op op, size_t boff, uint64_t from,
+                          uint64_t to)
 {
-    req->one.iov_base = (char *)req->bounce + (from - req->pos);
+    req->one.iov_base = (char *)req->bounce + boff;
     req->one.iov_len = to - from;
     submit(req, op, from, to - from, &req->one, 1,
            op == BC_OP_WRITE && req->dev->props.fua_native ? (req->flags & BC_REQ_FUA) : 0);
 }
 
-/* Which RMW reads a write chunk still needs. */
-enum { RMW_HEAD = 1, RMW_TAIL = 2 };
+static void chunk_read_step(struct bc_req *req)
+{
+    req->chunk_end = MIN(req->pend, req->pos + req->chunk);
+    submit_bounce(req, BC_OP_READ, 0, req->pos, req->chunk_end);
+}
 
-/* The bounce-path write step: issue the next RMW read, or copy in and write the chunk. */
+/* The bounce-path write step: the next RMW read, or copy in and write the next chunk. */
 static void chunk_write_step(struct bc_req *req)
 {
-    uint64_t cs = req->pos, ce = req->chunk_end, unit = req->dev->unit;
+    uint64_t ps = req->pstart, pe = req->pend, total = pe - ps;
+    uint32_t unit = req->dev->unit, ra = req->dev->props.req_align;
+    uint64_t cs = req->pos, ce;
 
-    if (req->step == ST_CHUNK_HEAD && !req->head_done) {
-        /* First visit for this chunk: work out the reads. */
-        req->head_done = true;
-        req->rmw = (cs < req->offset ? RMW_HEAD : 0) | (ce > req->end ? RMW_TAIL : 0);
-        if (req->rmw)
-            __atomic_add_fetch(&req->dev->n_rmw, 1, __ATOMIC_RELAXED);
-    }
-    if (req->rmw == (RMW_HEAD | RMW_TAIL) && ce - cs <= 2 * unit) {
-        /* Small chunk with both ends partial: one read covers head and tail. */
-        req->rmw_reading = RMW_HEAD | RMW_TAIL;
+    if (req->rmw) {
         req->step = ST_CHUNK_RMW;
-        return submit_bounce(req, BC_OP_READ, cs, ce);
-    }
-    if (req->rmw & RMW_HEAD) {
-        req->rmw_reading = RMW_HEAD;
-        req->step = ST_CHUNK_RMW;
-        return submit_bounce(req, BC_OP_READ, cs, MIN(ce, cs + unit));
-    }
-    if (req->rmw & RMW_TAIL) {
-        /* Start the tail read on a memory-aligned spot of the bounce buffer. */
-        uint64_t t = cs + bc_align_down(ce - req->dev->props.req_align - cs, unit);
+        if (req->rmw == (RMW_HEAD | RMW_TAIL) && total <= MIN(2 * (uint64_t)unit, req->chunk)) {
+            /* Small write with both ends partial: one read covers head and tail. */
+            req->rmw_reading = RMW_HEAD | RMW_TAIL;
+            return submit_bounce(req, BC_OP_READ, 0, ps, pe);
+        }
+        if (req->rmw & RMW_HEAD) {
+            req->rmw_reading = RMW_HEAD;
+            return submit_bounce(req, BC_OP_READ, 0, ps, ps + MIN(total, unit));
+        }
         req->rmw_reading = RMW_TAIL;
-        req->step = ST_CHUNK_RMW;
-        return submit_bounce(req, BC_OP_READ, t, ce);
+        if (req->tail_saved)
+            return submit_bounce(req, BC_OP_READ, req->chunk, pe - ra, pe);
+        /* Single chunk: read the tail in place, from a memory-aligned spot. */
+        uint64_t t = ps + bc_align_down(total - ra, unit);
+        return submit_bounce(req, BC_OP_READ, t - ps, t, pe);
     }
+
     /* Modify and write. */
+    ce = req->chunk_end = MIN(pe, cs + req->chunk);
+    if (req->tail_saved && ce == pe)
+        memcpy((char *)req->bounce + (pe - ra - cs), (char *)req->bounce + req->chunk, ra);
     uint64_t from = MAX(cs, req->offset), to = MIN(ce, req->end);
     bc_iov_to_buf(req->iov, req->iovcnt, from - req->offset, (char *)req->bounce + (from - cs),
                   to - from);
     req->step = ST_CHUNK_WRITE;
-    submit_bounce(req, BC_OP_WRITE, cs, ce);
+    submit_bounce(req, BC_OP_WRITE, 0, cs, ce);
 }
 
 /* ---- write-zeroes: efficient aligned middle, zero buffers for the rest ------------- */
@@ -560,14 +585,11 @@ static void step(struct bc_req *req)
     case ST_DIRECT:
         return direct_next(req);
     case ST_CHUNK_READ:
-        if (!req->bounce)
-            return chunk_start(req);
-        return submit_bounce(req, BC_OP_READ, req->pos, req->chunk_end);
-    case ST_CHUNK_HEAD:
+        return chunk_read_step(req);
     case ST_CHUNK_RMW:
     case ST_CHUNK_WRITE:
         if (!req->bounce)
-            return chunk_start(req);    /* the blocker was just granted */
+            return bounce_start(req);   /* the blocker was just granted */
         return chunk_write_step(req);
     case ST_ZEROES:
         return submit(req, BC_OP_WRITE_ZEROES, req->pstart, req->pend - req->pstart, NULL, 0,
@@ -608,9 +630,7 @@ void bc_dev_readv(struct bc_dev *dev, struct bc_loop *loop, const struct iovec *
     __atomic_add_fetch(&dev->n_bounced, 1, __ATOMIC_RELAXED);
     req->pstart = req->pos = bc_align_down(offset, p->req_align);
     req->pend = bc_align_up(req->end, p->req_align);
-    req->chunk = chunk_size(dev);
-    req->step = ST_CHUNK_READ;
-    chunk_start(req);
+    bounce_start(req);
 }
 
 /* Common checks for anything that writes; false if req was completed with an error. */
@@ -659,11 +679,10 @@ void bc_dev_writev(struct bc_dev *dev, struct bc_loop *loop, const struct iovec 
     __atomic_add_fetch(&dev->n_bounced, 1, __ATOMIC_RELAXED);
     req->pstart = req->pos = bc_align_down(offset, p->req_align);
     req->pend = bc_align_up(req->end, p->req_align);
-    req->chunk = chunk_size(dev);
-    req->step = ST_CHUNK_HEAD;
+    req->step = ST_CHUNK_WRITE;
     /* Only read-modify-write needs exclusion; bouncing misaligned memory does not. */
     if (take_blocker(req, req->pstart, req->pend, !offsets_aligned))
-        chunk_start(req);
+        bounce_start(req);
 }
 
 void bc_dev_write_zeroes(struct bc_dev *dev, struct bc_loop *loop, uint64_t offset,
