@@ -82,6 +82,13 @@ bool ovl_check_geometry(const char *what, uint64_t size, uint64_t block_size, GE
                     what, size);
         return false;
     }
+    if ((size / block_size) / 8 > OVL_MAX_BITMAP) {
+        g_set_error(errp, LF_ERROR, EINVAL,
+                    "%s: %" PRIu64 " blocks of %" PRIu64 " bytes need a larger bitmap than "
+                    "this program loads; use a larger block size", what, size / block_size,
+                    block_size);
+        return false;
+    }
     return true;
 }
 
@@ -162,6 +169,9 @@ bool ovl_hdr_decode(const uint8_t *buf, size_t len, uint64_t file_size, const ch
         BAD(40, "bitmap offset %" PRIu64 ", expected %" PRIu64, h->bitmap_off, ref.bitmap_off);
     if (h->bitmap_len != ref.bitmap_len)
         BAD(48, "bitmap length %" PRIu64 ", expected %" PRIu64, h->bitmap_len, ref.bitmap_len);
+    if (h->bitmap_len > OVL_MAX_BITMAP)
+        BAD(48, "a bitmap of %" PRIu64 " bytes is larger than this program loads (%llu)",
+            h->bitmap_len, OVL_MAX_BITMAP);
     if (h->data_off != ref.data_off)
         BAD(56, "data offset %" PRIu64 ", expected %" PRIu64, h->data_off, ref.data_off);
     if (get32(buf + 64) != 0)

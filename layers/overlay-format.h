@@ -34,6 +34,7 @@
 #define OVL_MIN_BLOCK 512u
 #define OVL_MAX_BLOCK (64u << 20)
 #define OVL_MAX_SIZE (1ull << 60)
+#define OVL_MAX_BITMAP (256ull << 20)   /* bitmap bytes this program loads */
 
 enum {
     OVL_FLAG_DIRTY = 1u << 0,   /* open for writing; not closed cleanly if found at open */
