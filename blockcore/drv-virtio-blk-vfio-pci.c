@@ -313,14 +313,24 @@ static bool pick_iova(struct vf_state *s, size_t len, GError **errp)
     info->argsz = probe.argsz;
     if (ioctl(s->container, VFIO_IOMMU_GET_INFO, info) < 0 || !info->cap_offset)
         return true;
-    for (uint32_t off = info->cap_offset; off && off + sizeof(struct vfio_info_cap_header) <= info->argsz;) {
-        struct vfio_info_cap_header *h = (void *)(buf + off);
-        if (h->id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE) {
-            struct vfio_iommu_type1_info_cap_iova_range *r = (void *)h;
-            for (uint32_t i = 0; i < r->nr_iovas; i++) {
-                uint64_t start = MAX(r->iova_ranges[i].start, lo);
+    /* The kernel packs capabilities without regard to alignment: copy fields out. */
+    for (uint32_t off = info->cap_offset, hops = 0;
+         off && off + sizeof(struct vfio_info_cap_header) <= info->argsz && hops < 64; hops++) {
+        struct vfio_info_cap_header h;
+        memcpy(&h, buf + off, sizeof(h));
+        if (h.id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE) {
+            struct vfio_iommu_type1_info_cap_iova_range r;
+            size_t at = off + sizeof(r);
+            if (off + sizeof(r) > info->argsz)
+                break;
+            memcpy(&r, buf + off, sizeof(r));
+            for (uint32_t i = 0; i < r.nr_iovas && at + sizeof(struct vfio_iova_range) <=
+                                                     info->argsz; i++, at += sizeof(struct vfio_iova_range)) {
+                struct vfio_iova_range range;
+                memcpy(&range, buf + at, sizeof(range));
+                uint64_t start = MAX(range.start, lo);
                 start = (start + (2u << 20) - 1) & ~(uint64_t)((2u << 20) - 1);
-                if (start <= r->iova_ranges[i].end && r->iova_ranges[i].end - start + 1 >= len) {
+                if (start <= range.end && range.end - start + 1 >= len) {
                     s->iova = start;
                     return true;
                 }
@@ -329,7 +339,7 @@ static bool pick_iova(struct vf_state *s, size_t len, GError **errp)
                         s->what, len);
             return false;
         }
-        off = h->next;
+        off = h.next;
     }
     return true;
 }
