@@ -11,8 +11,6 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
-
-#include <liburing.h>
 #include <unistd.h>
 
 #include "fuse/front.h"
@@ -239,49 +237,14 @@ static void open_disks(struct fo_daemon *d, const struct lf_config *cfg, bool de
     }
 }
 
-/*
- * lf_disk_close() waits on the caller's loop with bc_loop_run_once(loop, true) until its
- * flush callback ran; when that callback is a deferred task (a read-only disk has nothing
- * to flush) the task runs and the loop then blocks for an event that never comes.  Until
- * that is fixed below us, closing happens on a main-thread loop that a short timeout keeps
- * waking.
- */
-struct fo_ticker {
-    struct bc_uop uop;
-    struct bc_loop *loop;
-    struct __kernel_timespec ts;
-    bool armed;
-    bool stop;
-};
-
-static void ticker_arm(struct fo_ticker *t);
-
-static void ticker_done(struct bc_uop *uop, int res, unsigned flags)
-{
-    struct fo_ticker *t = (struct fo_ticker *)uop;
-
-    t->armed = false;
-    if (!t->stop)
-        ticker_arm(t);
-}
-
-static void ticker_arm(struct fo_ticker *t)
-{
-    struct io_uring_sqe *sqe = bc_loop_sqe(t->loop, &t->uop);
-
-    t->ts.tv_sec = 0;
-    t->ts.tv_nsec = 5 * 1000 * 1000;
-    io_uring_prep_timeout(sqe, &t->ts, 0, 0);
-    t->armed = true;
-}
-
 static void close_disks(struct fo_daemon *d, int *status)
 {
-    struct fo_ticker t = { .uop.done = ticker_done };
+    /* lf_disk_close() may wait on this thread's loop: give it a ticking one. */
+    struct fo_ticker t;
+    struct bc_loop *loop = bc_loop_new(0, 16, NULL);
 
-    t.loop = bc_loop_new(0, 16, NULL);
-    if (t.loop != NULL)
-        ticker_arm(&t);
+    if (loop != NULL)
+        fo_ticker_start(&t, loop);
     for (unsigned i = 0; i < d->ndisks; i++) {
         int r = lf_disk_close(d->disks[i].disk);
         if (r < 0) {
@@ -292,11 +255,9 @@ static void close_disks(struct fo_daemon *d, int *status)
     }
     g_free(d->disks);
     d->disks = NULL;
-    if (t.loop != NULL) {
-        t.stop = true;
-        while (t.armed)
-            bc_loop_run_once(t.loop, true);
-        bc_loop_free(t.loop);
+    if (loop != NULL) {
+        fo_ticker_stop(&t);
+        bc_loop_free(loop);
     }
 }
 

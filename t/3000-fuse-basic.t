@@ -110,6 +110,19 @@ is "$(stat -c %s "$SCRATCH/file-mnt")" "0" "the file mountpoint is back to itsel
 is "$?" "2" "two disks on a file mountpoint: exit 2"
 like "$(cat "$SCRATCH/two.err")" "exactly one disk" "and says why"
 
+# The built-in demo disk.
+start_daemon "$MNT" --demo || exit 1
+is "$(stat -c '%s' "$MNT/demo")" "268435456" "--demo: a 256M disk named demo"
+is "$(head -n 1 "$MNT/demo" | tr -d '\0')" "layerfs demo sector 0" "--demo: the pattern in sector 0"
+is "$(dd if="$MNT/demo" bs=512 skip=2047 count=1 status=none | head -n 1 | tr -d '\377')" \
+    "layerfs demo sector 2047" "--demo: the pattern in the last sector of the first MiB"
+is "$(dd if="$MNT/demo" bs=512 skip=2048 count=1 status=none | tr -d '\0' | wc -c)" "0" \
+    "--demo: zeros after the first MiB"
+ok "--demo: writable" dd if=/dev/urandom of="$MNT/demo" bs=4096 count=4 seek=1000 conv=notrunc \
+    status=none
+stop_daemon
+is "$DAEMON_STATUS" "0" "--demo: clean exit"
+
 # Without -f: the parent exits 0 once the mount serves; the pidfile names the daemon.
 "$LAYERFS" --pidfile "$SCRATCH/bg.pid" --disk "a=$SCRATCH/a.img" "$MNT"
 is "$?" "0" "daemonized start returns 0"

@@ -40,7 +40,13 @@ except OSError:
 PY
         pids+=($!)
     done
-    sleep 0.3
+    # SIGTERM once every writer has had an fsync acknowledged (at most 20 s).
+    for i in $(seq 200); do
+        n=0
+        for f in "$SCRATCH"/ack.*; do [ -s "$f" ] && n=$((n + 1)); done
+        [ $n -eq $NW ] && break
+        sleep 0.1
+    done
     acked_before=0
     for f in "$SCRATCH"/ack.*; do
         [ -s "$f" ] && acked_before=$((acked_before + $(cat "$f")))
