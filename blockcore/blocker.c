@@ -32,6 +32,8 @@ static bool grantable(const struct bc_blocker *b)
 
 bool bc_blocker_acquire(struct bc_blocker_list *l, struct bc_blocker *b, struct bc_loop *loop)
 {
+    bool granted;
+
     assert(b->start < b->end);
     b->loop = loop;
     b->next = NULL;
@@ -42,9 +44,10 @@ bool bc_blocker_acquire(struct bc_blocker_list *l, struct bc_blocker *b, struct 
     else
         l->head = b;
     l->tail = b;
-    b->granted = grantable(b);
+    granted = b->granted = grantable(b);
     pthread_mutex_unlock(&l->lock);
-    return b->granted;
+    /* Not b->granted: once unlocked, another thread may grant b and post its task. */
+    return granted;
 }
 
 void bc_blocker_release(struct bc_blocker_list *l, struct bc_blocker *b)
