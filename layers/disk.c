@@ -110,7 +110,7 @@ struct bc_dev *layer_open_dev(const struct lf_layer_cfg *cfg, bool read_only, bo
     const struct bc_driver *drv = bc_driver_find(dname);
 
     if (drv == NULL) {
-        g_set_error(errp, LF_ERROR, EINVAL, "%s: driver: unknown driver '%s' (known: %s)",
+        g_set_error(errp, LF_ERROR, EINVAL, "%s:driver: unknown driver '%s' (known: %s)",
                     cfg->origin ? cfg->origin : cfg->name, dname, bc_driver_names());
         return NULL;
     }
@@ -564,7 +564,7 @@ static bool validate(struct lf_disk *disk, const struct lf_disk_cfg *cfg, GError
 
         if (l->write_through && (i == n - 1 || (i > 0 && !disk->layers[i - 1]->write_through))) {
             g_set_error(errp, LF_ERROR, EINVAL,
-                        "%s: write-through: useless write-through (%s); write-through layers "
+                        "%s:write-through: useless write-through (%s); write-through layers "
                         "must come first and the last layer may not be write-through",
                         where, i == n - 1 ? "it is the last layer" : "a layer above is not "
                         "write-through");
@@ -572,7 +572,7 @@ static bool validate(struct lf_disk *disk, const struct lf_disk_cfg *cfg, GError
         }
         if (l->read_cache && !l->ops->can_no_overwrite) {
             g_set_error(errp, LF_ERROR, EINVAL,
-                        "%s: read-cache: format %s cannot be a read cache (it cannot do "
+                        "%s:read-cache: format %s cannot be a read cache (it cannot do "
                         "no-overwrite writes); use overlay or ram", where, l->ops->format);
             return false;
         }
@@ -587,7 +587,7 @@ static bool validate(struct lf_disk *disk, const struct lf_disk_cfg *cfg, GError
             struct layer *l = disk->layers[i];
             if (l->read_only) {
                 g_set_error(errp, LF_ERROR, EROFS,
-                            "%s: layer %s is read-only but disk %s writes to it (set "
+                            "%s:read-only: layer %s is read-only but disk %s writes to it (set "
                             "read-only = true on the disk or make the layer writable)",
                             l->origin, l->name, cfg->name);
                 return false;
@@ -601,7 +601,7 @@ struct lf_disk *lf_disk_open(const struct lf_disk_cfg *cfg, bool force_read_only
                              GError **errp)
 {
     if (cfg->layers == NULL || cfg->layers->len == 0) {
-        g_set_error(errp, LF_ERROR, EINVAL, "%s: layers: disk %s has no layers",
+        g_set_error(errp, LF_ERROR, EINVAL, "%s:layers: disk %s has no layers",
                     cfg->origin ? cfg->origin : cfg->name, cfg->name);
         return NULL;
     }
@@ -635,14 +635,14 @@ struct lf_disk *lf_disk_open(const struct lf_disk_cfg *cfg, bool force_read_only
         l->ops = find_format(lc->format);
         if (l->ops == NULL) {
             g_set_error(errp, LF_ERROR, EINVAL,
-                        "%s: format: unknown format '%s' (known: raw overlay ram)", l->origin,
+                        "%s:format: unknown format '%s' (known: raw overlay ram)", l->origin,
                         lc->format);
             goto fail;
         }
         bool writable = (!disk->read_only && k < disk->nwrite) || lc->read_cache;
         if (writable && lc->read_only) {
             g_set_error(errp, LF_ERROR, EROFS,
-                        "%s: read-only: layer %s is read-only but %s", l->origin, l->name,
+                        "%s:read-only: layer %s is read-only but %s", l->origin, l->name,
                         lc->read_cache ? "it is a read cache" : "the disk writes to it");
             goto fail;
         }

@@ -2,7 +2,9 @@
 /* The overlay layer format: a persistent sparse layer in one file (man/layerfs-overlay.5),
  * with crash-safe presence bits.  The engine is sparse.c; this file adds the file I/O. */
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "layers/overlay.h"
@@ -90,8 +92,20 @@ bool ovl_file_open(struct ovl_file *f, const char *path, const struct lf_layer_c
     int r;
 
     memset(f, 0, sizeof(*f));
+    f->lock_fd = -1;
     c.path = (char *)path;
     f->path = g_strdup(path);
+    if (!(flags & OVL_OPEN_NO_LOCK)) {
+        /* One writer or any number of readers, across processes and disks. */
+        f->lock_fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (f->lock_fd >= 0 && flock(f->lock_fd, (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) < 0) {
+            int e = errno;
+            g_set_error(errp, LF_ERROR, e, "%s: %s", path, e == EWOULDBLOCK
+                        ? "the overlay is in use (locked by another process or disk)"
+                        : g_strerror(e));
+            goto fail;
+        }
+    }
     f->dev = layer_open_dev(&c, read_only, direct, errp);
     if (f->dev == NULL)
         goto fail;
@@ -166,7 +180,10 @@ void ovl_file_close(struct ovl_file *f)
         bc_dev_close(f->dev);
     bc_buf_free(f->bitmap);
     g_free(f->path);
+    if (f->lock_fd >= 0)
+        close(f->lock_fd);
     memset(f, 0, sizeof(*f));
+    f->lock_fd = -1;
 }
 
 /* ---- the store: block data at data_off ---------------------------------------------- */
@@ -349,7 +366,7 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
     g_autoptr(GError) err = NULL;
 
     if (cfg->path == NULL || *cfg->path == '\0') {
-        g_set_error(errp, LF_ERROR, EINVAL, "%s: path: an overlay layer needs a path",
+        g_set_error(errp, LF_ERROR, EINVAL, "%s:path: an overlay layer needs a path",
                     l->origin);
         return false;
     }
@@ -358,12 +375,12 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
         uint64_t size = below ? below->size : 0;
         const char *sz = cfg->driver_opts ? g_hash_table_lookup(cfg->driver_opts, "size") : NULL;
         if (sz != NULL && !bc_parse_size(sz, &size)) {
-            g_set_error(errp, LF_ERROR, EINVAL, "%s: size: '%s' is not a size", l->origin, sz);
+            g_set_error(errp, LF_ERROR, EINVAL, "%s:size: '%s' is not a size", l->origin, sz);
             return false;
         }
         if (size == 0) {
             g_set_error(errp, LF_ERROR, EINVAL,
-                        "%s: create: no layer below to size the new overlay from", l->origin);
+                        "%s:create: no layer below to size the new overlay from", l->origin);
             return false;
         }
         if (!ovl_create_file(cfg->path, size,
@@ -372,7 +389,7 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
             g_propagate_prefixed_error(errp, g_steal_pointer(&err), "%s: ", l->origin);
             return false;
         }
-        g_message("%s: created overlay %s", l->origin, cfg->path);
+        g_info("%s: created overlay %s", l->origin, cfg->path);
     }
     if (!layer_sync_begin(&s, errp))
         return false;
@@ -384,7 +401,7 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
     }
     if (cfg->block_size != 0 && cfg->block_size != o->f.h.block_size) {
         g_set_error(errp, LF_ERROR, EINVAL,
-                    "%s: block-size: %" PRIu64 " does not match the block size %u of the "
+                    "%s:block-size: %" PRIu64 " does not match the block size %u of the "
                     "existing overlay %s", l->origin, cfg->block_size, o->f.h.block_size,
                     cfg->path);
         goto fail;
@@ -526,8 +543,16 @@ static void ovl_write(struct layer *l, struct bc_loop *loop, const struct iovec 
 static void ovl_zero(struct layer *l, struct bc_loop *loop, uint64_t offset, uint64_t len,
                      unsigned flags, bool next_is_zero, bc_cb *cb, void *opaque)
 {
-    sparse_zero(&ovl_of(l)->sp, loop, offset, len, flags & ~(unsigned)BC_REQ_FUA,
-                next_is_zero, cb, opaque);
+    struct ovl *o = ovl_of(l);
+
+    if (flags & BC_REQ_FUA) {
+        struct ovl_fua *w = g_new0(struct ovl_fua, 1);
+        *w = (struct ovl_fua){ l, loop, cb, opaque };
+        sparse_zero(&o->sp, loop, offset, len, flags & ~(unsigned)BC_REQ_FUA, next_is_zero,
+                    fua_written, w);
+        return;
+    }
+    sparse_zero(&o->sp, loop, offset, len, flags, next_is_zero, cb, opaque);
 }
 
 static void ovl_discard(struct layer *l, struct bc_loop *loop, uint64_t offset, uint64_t len,

@@ -101,19 +101,19 @@ static bool ram_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
     const char *s = cfg->driver_opts ? g_hash_table_lookup(cfg->driver_opts, "size") : NULL;
 
     if (s != NULL && !bc_parse_size(s, &size)) {
-        g_set_error(errp, LF_ERROR, EINVAL, "%s: size: '%s' is not a size", l->origin, s);
+        g_set_error(errp, LF_ERROR, EINVAL, "%s:size: '%s' is not a size", l->origin, s);
         return false;
     }
     if (s == NULL && below != NULL)
         size = below->size;
     if (s == NULL && below == NULL) {
         g_set_error(errp, LF_ERROR, EINVAL,
-                    "%s: size: a ram layer at the bottom of a stack needs a size", l->origin);
+                    "%s:size: a ram layer at the bottom of a stack needs a size", l->origin);
         return false;
     }
     if (bs < 512 || bs > (64u << 20) || (bs & (bs - 1)) != 0) {
         g_set_error(errp, LF_ERROR, EINVAL,
-                    "%s: block-size: %" PRIu64 " is not a power of two between 512 and 64M",
+                    "%s:block-size: %" PRIu64 " is not a power of two between 512 and 64M",
                     l->origin, bs);
         return false;
     }

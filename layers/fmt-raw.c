@@ -14,7 +14,7 @@ static bool raw_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
 {
     if (cfg->create) {
         g_set_error(errp, LF_ERROR, EINVAL,
-                    "%s: create: only overlay layers can be created", l->origin);
+                    "%s:create: only overlay layers can be created", l->origin);
         return false;
     }
     struct bc_dev *dev = layer_open_dev(cfg, !writable, cfg->direct, errp);

@@ -14,11 +14,13 @@ struct ovl_file {
     struct ovl_hdr h;
     uint8_t *bitmap;        /* h.bitmap_len bytes (bc_buf_alloc) */
     bool read_only;
+    int lock_fd;            /* holds flock(): shared if read-only, else exclusive */
 };
 
 enum {
     OVL_OPEN_NO_BITMAP_CHECK = 1u << 0, /* load a bad bitmap anyway (check --repair) */
     OVL_OPEN_NO_SIZE_CHECK = 1u << 1,   /* accept a truncated data region (check --repair) */
+    OVL_OPEN_NO_LOCK = 1u << 2,         /* do not lock (info on an overlay in use) */
 };
 
 /* Open path (driver "file" unless cfg says otherwise), read and validate header and bitmap.

@@ -142,7 +142,7 @@ static int cmd_info(const struct opts *o, int argc, char **argv, struct layer_sy
 
     if (argc != 1)
         die_usage("info: expected one OVERLAY argument");
-    if (!ovl_file_open(&f, argv[0], NULL, true, false, 0, s, &err))
+    if (!ovl_file_open(&f, argv[0], NULL, true, false, OVL_OPEN_NO_LOCK, s, &err))
         return fail_err(err);
     uint64_t present = count_bits(f.bitmap, f.h.nblocks);
     bool dirty = f.h.flags & OVL_FLAG_DIRTY, commit = f.h.flags & OVL_FLAG_COMMIT;

@@ -316,6 +316,18 @@ static void test_validate(void)
     /* A ram layer needs something to size it. */
     expect_open_error(lt_disk("v", false, lt_layer("r", "ram", NULL, NULL), NULL),
                       (const char *const[]){ "size", NULL });
+    /* One overlay cannot serve two disks (or processes) at once. */
+    a = lt_layer("top", "overlay", "file", opath);
+    struct lf_disk_cfg *first = lt_disk("first", false, a,
+                                        lt_layer("base", "raw", "file", bpath), NULL);
+    struct lf_disk *d1 = open_ok(first);
+    a = lt_layer("top", "overlay", "file", opath);
+    b = lt_layer("base", "raw", "file", bpath);
+    b->read_only = true;
+    expect_open_error(lt_disk("second", false, a, b, NULL),
+                      (const char *const[]){ opath, "in use", NULL });
+    g_assert_cmpint(lf_disk_close(d1), ==, 0);
+    lt_disk_free(first);
     /* Read-only disks accept read-only layers. */
     a = lt_layer("top", "overlay", "file", opath);
     a->read_only = true;
