@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* Write serialization: concurrent unaligned writes that share sectors but not bytes all
  * land; without serialization they demonstrably do not; aligned disjoint writes run in
- * parallel; two threads with their own loops sharing one device. */
+ * parallel; four threads with their own loops sharing one device. */
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "t/unit/test-util.h"
 
@@ -15,6 +16,40 @@ struct wr {
     struct iovec iov;
     struct tu_io io;
 };
+
+/* Which device a test runs on: the ram driver (4 KiB sectors) or an O_DIRECT file in
+ * /var/tmp (the file system's alignment, 512 bytes on the CI disk), where the I/O is
+ * really asynchronous and completes out of order. */
+struct devkind {
+    bool file;
+    unsigned slot;          /* the threads test: bytes per write */
+};
+static const struct devkind kind_ram = { false, 100 }, kind_file = { true, 100 },
+                            kind_ram_1byte = { false, 1 };
+
+static struct bc_dev *open_kind(const struct devkind *k, uint64_t size, char **pathp)
+{
+    *pathp = NULL;
+    if (!k->file)
+        return tu_open_ram(size, 4096, 4096, 0);
+    char *path = g_strdup("/var/tmp/layerfs-1020-XXXXXX");
+    int fd = g_mkstemp(path);
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(ftruncate(fd, (off_t)size), ==, 0);   /* zeros */
+    close(fd);
+    *pathp = path;
+    struct bc_dev *dev = tu_open(&bc_drv_file, path, false, true, NULL);
+    g_test_message("O_DIRECT file %s, req_align %u", path, bc_dev_props(dev)->req_align);
+    return dev;
+}
+
+static void close_kind(struct bc_dev *dev, char *path)
+{
+    bc_dev_close(dev);
+    if (path)
+        unlink(path);
+    g_free(path);
+}
 
 /* Submit all writes at once, run to completion, assert each returned 0 and update m. */
 static void submit_all(struct bc_dev *dev, struct bc_loop *loop, struct wr *w, int n,
@@ -66,11 +101,12 @@ static uint64_t lost_bytes(struct bc_dev *dev, struct bc_loop *loop, const struc
     return bad;
 }
 
-static void test_strided(void)
+static void test_strided(gconstpointer data)
 {
+    char *path;
     enum { N = 64, STRIDE = 100 };
     struct bc_loop *loop = tu_loop_new();
-    struct bc_dev *dev = tu_open_ram(64u << 10, 4096, 4096, 0);
+    struct bc_dev *dev = open_kind(data, 64u << 10, &path);
     struct tu_model m;
     struct wr w[N];
 
@@ -90,7 +126,7 @@ static void test_strided(void)
     g_assert_cmpuint(st.rmw, >, 0);
     g_assert_cmpuint(st.blocker_waits, >, 0);   /* sector-sharing writes did wait */
     tu_model_free(&m);
-    bc_dev_close(dev);
+    close_kind(dev, path);
     tu_loop_free(loop);
 }
 
@@ -126,11 +162,12 @@ static void random_round(struct bc_dev *dev, struct bc_loop *loop, struct tu_mod
     free_writes(w, n);
 }
 
-static void test_random_sharing(void)
+static void test_random_sharing(gconstpointer data)
 {
+    char *path;
     struct bc_loop *loop = tu_loop_new();
     const uint64_t size = 48u << 10;
-    struct bc_dev *dev = tu_open_ram(size, 4096, 4096, 0);
+    struct bc_dev *dev = open_kind(data, size, &path);
     struct tu_model m;
     GRand *rand = g_rand_new_with_seed(tu_seed(1020));
 
@@ -142,7 +179,7 @@ static void test_random_sharing(void)
     }
     g_rand_free(rand);
     tu_model_free(&m);
-    bc_dev_close(dev);
+    close_kind(dev, path);
     tu_loop_free(loop);
 }
 
@@ -302,63 +339,76 @@ static void test_aligned_vs_rmw(void)
     tu_loop_free(loop);
 }
 
-/* ---- two threads, two loops, one device ----------------------------------------------- */
+/* ---- several threads, one loop each, one device ----------------------------------------------- */
+
+enum { T_THREADS = 4, T_SLOTS = 128, T_PER = T_SLOTS / T_THREADS };
 
 struct thr {
     struct bc_dev *dev;
-    int parity;             /* writes the even (0) or odd (1) 100-byte slots */
-    int rounds;
-    uint8_t final[64];      /* final value per slot written by this thread */
+    int index;              /* writes the slots with slot % T_THREADS == index */
+    unsigned slot_len;
+    int rounds;             /* at least this many rounds... */
+    gint64 until;           /* ...and on until this monotonic time */
+    uint8_t final[T_PER];   /* final value per slot written by this thread */
 };
-
-enum { T_SLOTS = 128, T_SLOT = 100 };
 
 static gpointer writer_thread(gpointer p)
 {
     struct thr *t = p;
     struct bc_loop *loop = tu_loop_new();
-    struct wr w[T_SLOTS / 2];
+    struct wr w[T_PER];
 
-    for (int r = 0; r < t->rounds; r++) {
-        for (int i = 0; i < T_SLOTS / 2; i++) {
-            int slot = 2 * i + t->parity;
-            w[i].off = 3 + (uint64_t)slot * T_SLOT;
-            w[i].len = T_SLOT;
-            tu_buf_init(&w[i].buf, T_SLOT, (size_t)i);
+    for (int r = 0; r < t->rounds || g_get_monotonic_time() < t->until; r++) {
+        for (int i = 0; i < T_PER; i++) {
+            int slot = T_THREADS * i + t->index;
+            w[i].off = 3 + (uint64_t)slot * t->slot_len;
+            w[i].len = t->slot_len;
+            tu_buf_init(&w[i].buf, t->slot_len, (size_t)i);
             uint8_t v = (uint8_t)(r * 3 + slot + 1);
-            memset(w[i].buf.p, v, T_SLOT);
+            memset(w[i].buf.p, v, t->slot_len);
             t->final[i] = v;
         }
-        submit_all(t->dev, loop, w, T_SLOTS / 2, NULL);
-        free_writes(w, T_SLOTS / 2);
+        submit_all(t->dev, loop, w, T_PER, NULL);
+        free_writes(w, T_PER);
     }
     tu_loop_free(loop);
     return NULL;
 }
 
-static void test_two_threads(void)
+/* T_THREADS threads, each with its own loop, write interleaved slots (100 bytes, or 1 byte
+ * so that all of them hit one sector) of one device: neighbouring slots belong to
+ * different threads, so every sector is shared across loops and the blockers are taken
+ * and released from several threads at once. */
+static void test_threads(gconstpointer data)
 {
+    char *path;
     struct bc_loop *loop = tu_loop_new();
-    struct bc_dev *dev = tu_open_ram(64u << 10, 4096, 4096, 0);
-    struct thr t[2] = { { .dev = dev, .parity = 0, .rounds = 200 },
-                        { .dev = dev, .parity = 1, .rounds = 200 } };
-    GThread *th[2];
+    const struct devkind *k = data;
+    struct bc_dev *dev = open_kind(k, 64u << 10, &path);
+    struct thr t[T_THREADS];
+    GThread *th[T_THREADS];
 
-    for (int i = 0; i < 2; i++)
+    /* The races this can catch (a blocker granted twice, a lost wake-up) need luck:
+     * give them a second of hammering. */
+    gint64 until = g_get_monotonic_time() + G_USEC_PER_SEC;
+    for (int i = 0; i < T_THREADS; i++) {
+        t[i] = (struct thr){ .dev = dev, .index = i, .slot_len = k->slot, .rounds = 50,
+                              .until = until };
         th[i] = g_thread_new("writer", writer_thread, &t[i]);
-    for (int i = 0; i < 2; i++)
+    }
+    for (int i = 0; i < T_THREADS; i++)
         g_thread_join(th[i]);
 
     uint8_t *buf = g_malloc(64u << 10);
     g_assert_cmpint(tu_pread(dev, loop, buf, 64u << 10, 0), ==, 0);
     uint64_t bad = 0;
     for (int slot = 0; slot < T_SLOTS; slot++) {
-        uint8_t want = t[slot % 2].final[slot / 2];
-        for (int b = 0; b < T_SLOT; b++) {
-            uint64_t off = 3 + (uint64_t)slot * T_SLOT + (uint64_t)b;
+        uint8_t want = t[slot % T_THREADS].final[slot / T_THREADS];
+        for (unsigned b = 0; b < k->slot; b++) {
+            uint64_t off = 3 + (uint64_t)slot * k->slot + b;
             if (buf[off] != want) {
                 if (!bad)
-                    g_test_message("two threads: first lost byte at %" PRIu64
+                    g_test_message("threads: first lost byte at %" PRIu64
                                    " (slot %d): got 0x%02x want 0x%02x", off, slot, buf[off],
                                    want);
                 bad++;
@@ -368,21 +418,25 @@ static void test_two_threads(void)
     g_free(buf);
     struct bc_dev_stats st;
     bc_dev_get_stats(dev, &st);
-    g_test_message("two threads: blocker waits %" PRIu64 ", rmw %" PRIu64, st.blocker_waits,
+    g_test_message("threads: blocker waits %" PRIu64 ", rmw %" PRIu64, st.blocker_waits,
                    st.rmw);
     g_assert_cmpuint(bad, ==, 0);
-    bc_dev_close(dev);
+    close_kind(dev, path);
     tu_loop_free(loop);
 }
 
 int main(int argc, char **argv)
 {
     tu_init(&argc, &argv, 50);
-    g_test_add_func("/concurrency/strided-100", test_strided);
-    g_test_add_func("/concurrency/random-sharing", test_random_sharing);
+    g_test_add_data_func("/concurrency/strided-100", &kind_ram, test_strided);
+    g_test_add_data_func("/concurrency/random-sharing", &kind_ram, test_random_sharing);
     g_test_add_func("/concurrency/unserialized-loses-bytes", test_unserialized_loses);
     g_test_add_func("/concurrency/aligned-parallel", test_aligned_parallel);
     g_test_add_func("/concurrency/aligned-vs-rmw", test_aligned_vs_rmw);
-    g_test_add_func("/concurrency/two-threads-one-dev", test_two_threads);
+    g_test_add_data_func("/concurrency/threads-one-dev", &kind_ram, test_threads);
+    g_test_add_data_func("/concurrency/threads-one-sector", &kind_ram_1byte, test_threads);
+    g_test_add_data_func("/concurrency/file/strided-100", &kind_file, test_strided);
+    g_test_add_data_func("/concurrency/file/random-sharing", &kind_file, test_random_sharing);
+    g_test_add_data_func("/concurrency/file/threads-one-dev", &kind_file, test_threads);
     return g_test_run();
 }
