@@ -13,8 +13,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <liburing.h>
-
 #include "blockcore/blockcore.h"
 
 /* Options; set once in main. */
@@ -79,29 +77,9 @@ static void io_cb(void *opaque, int res)
     (*io->pending)--;
 }
 
-/* A short timeout per blocking iteration: bc_loop_run_once() runs deferred completions
- * first and may then block although they were the last ones we waited for. */
-struct tick {
-    struct bc_uop uop;
-    bool armed;
-    struct __kernel_timespec ts;
-};
-static __thread struct tick tick;
-
-static void tick_done(struct bc_uop *uop, int res, unsigned flags)
-{
-    tick.armed = false;
-}
-
 static void run(struct bc_loop *loop, unsigned *pending)
 {
     while (*pending) {
-        if (!tick.armed) {
-            tick.uop.done = tick_done;
-            tick.ts = (struct __kernel_timespec){ .tv_nsec = 5 * 1000 * 1000 };
-            io_uring_prep_timeout(bc_loop_sqe(loop, &tick.uop), &tick.ts, 0, 0);
-            tick.armed = true;
-        }
         int r = bc_loop_run_once(loop, true);
         if (r < 0) {
             FAIL("bc_loop_run_once: %s", g_strerror(-r));

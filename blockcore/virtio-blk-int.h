@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: MIT */
+/* Internals of the virtio-blk driver core shared by virtio-blk.c (the I/O path) and
+ * virtio-blk-setup.c (properties, memory layout, creation and teardown). */
+#ifndef LAYERFS_VIRTIO_BLK_INT_H
+#define LAYERFS_VIRTIO_BLK_INT_H
+
+#include "blockcore/virtqueue.h"
+
+#define POOL_PAGE 4096u            /* bounce pool granule */
+#define MAX_TRANSFER_CAP (1u << 20) /* largest request we report */
+
+/* A loop watching an fd for the core: a queue's call eventfd or the death fd.  Never freed
+ * while a ring may still deliver it: bc_vblk_free() orphans it (q and b NULL, under lock). */
+struct vblk_watch {
+    struct bc_uop uop;
+    GMutex lock;                /* protects q and b against bc_vblk_free() */
+    struct vblk_queue *q;       /* call watch: the queue, NULL once orphaned */
+    struct bc_vblk *b;          /* death watch: the core, NULL once orphaned */
+    struct bc_loop *loop;
+    int fd;
+    struct vblk_watch *next;    /* queue's watch list, then the orphan list */
+};
+
+struct vblk_queue {
+    GMutex lock;                /* protects everything below */
+    struct bc_vq vq;
+    struct bc_vblk_slot *slots; /* one per descriptor, in device memory */
+    uint64_t slots_addr;
+    struct bc_task *wait_head, **wait_tail; /* dreqs waiting for descriptors (dreq->task) */
+    struct vblk_watch *watches; /* loops watching call_fd */
+    int call_fd;
+    unsigned index;
+    struct bc_vblk *b;
+};
+
+struct bc_vblk {
+    char *what;
+    uint64_t features;
+    struct bc_props props;
+    struct bc_vmem mem;
+    const struct bc_vblk_transport *ops;
+    void *t;
+    unsigned nq;
+    struct vblk_queue *q;
+    uint32_t seg_len;           /* bytes per data descriptor */
+    uint32_t max_segs;          /* data descriptors per request */
+    uint64_t max_discard;       /* bytes per DISCARD request */
+    uint64_t max_zeroes;        /* bytes per WRITE_ZEROES request */
+    int dead;                   /* atomic: device gone, everything fails */
+
+    GMutex pool_lock;           /* protects bitmap, hint and the pool wait list */
+    uint8_t *pool;
+    size_t pool_pages;
+    uint64_t *bitmap;           /* 1 = page in use */
+    size_t hint;
+    struct bc_task *pool_head, **pool_tail; /* dreqs waiting for bounce memory, FIFO */
+
+    GMutex death_lock;          /* protects death_watch */
+    struct vblk_watch *death_watch;
+};
+
+enum { PH_IO, PH_FUA_FLUSH, PH_DWZ };
+
+/* Per-request driver state, in dreq->drv_scratch. */
+struct vblk_rs {
+    struct bc_vblk *b;
+    uint8_t *bounce;            /* NULL: the iovecs are in device memory */
+    uint64_t next;              /* discard/zeroes: next byte to issue */
+    uint32_t pages;             /* bounce pages */
+    int16_t res;
+    uint8_t phase;
+};
+G_STATIC_ASSERT(sizeof(struct vblk_rs) <= sizeof(((struct bc_dreq *)0)->drv_scratch));
+
+static inline struct vblk_rs *rs_of(struct bc_dreq *d)
+{
+    return (struct vblk_rs *)d->drv_scratch;
+}
+
+static inline struct bc_dreq *dreq_of_task(struct bc_task *t)
+{
+    return (struct bc_dreq *)((char *)t - offsetof(struct bc_dreq, task));
+}
+
+static inline bool vblk_has(const struct bc_vblk *b, unsigned bit)
+{
+    return b->features & (1ull << bit);
+}
+
+#endif
