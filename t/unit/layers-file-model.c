@@ -133,8 +133,12 @@ int main(int argc, char **argv)
     g_autoptr(GError) err = NULL;
     if (!g_file_set_contents(argv[4], (const char *)model, (gssize)size, &err)) {
         fprintf(stderr, "%s\n", err->message);
+        g_free(model);
         return 2;
     }
+    g_free(model);
+    g_free(buf);
+    g_rand_free(r);
     printf("%u operations on %s (%" PRIu64 " bytes): %s; %u holes checked, %u punches\n",
            nops, path, size, fails ? "FAILED" : "all matched the model", holes, punches);
     return fails ? 1 : 0;
