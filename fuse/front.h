@@ -186,6 +186,10 @@ void *fo_io_read_buf(struct fo_io *io, uint64_t len);
 /* Keep the receive buffer holding the request being processed until fo_io_put(io). */
 void fo_io_keep_receive_buf(struct fo_io *io);
 
+/* On an I/O thread, for the OPEN being processed: reply with open_flags (FOPEN_*) that
+ * libfuse 3.14 cannot send.  false (nothing sent) if the request is not at hand. */
+bool fo_reply_open_direct(fuse_req_t req, fuse_ino_t ino, uint64_t fh, uint32_t open_flags);
+
 /* ---- main.c ---- */
 
 /* The disk behind inode ino, or NULL. */

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <linux/fuse.h>
@@ -218,6 +219,37 @@ void fo_io_put(struct fo_io *io)
     assert(thr->inflight > 0);
     thr->inflight--;
     check_drained(thr);
+}
+
+/* ---- a raw OPEN reply ---------------------------------------------------------------- */
+
+/*
+ * libfuse 3.14 cannot set FOPEN_PARALLEL_DIRECT_WRITES (3.14.1+ can); without it the kernel
+ * takes the inode lock exclusively around every direct write, serialising writers of one
+ * file.  The OPEN request being processed is still in this thread's receive buffer, so its
+ * unique id is known: send the reply ourselves and let libfuse free the request.
+ */
+bool fo_reply_open_direct(fuse_req_t req, fuse_ino_t ino, uint64_t fh, uint32_t open_flags)
+{
+    struct fo_thread *thr = fo_self;
+
+    if (thr == NULL || thr->cur == NULL)
+        return false;
+    const struct fuse_in_header *in = (const struct fuse_in_header *)thr->cur->mem;
+    if (in->opcode != FUSE_OPEN || in->nodeid != ino)
+        return false;
+    struct fuse_open_out arg = { .fh = fh, .open_flags = open_flags };
+    struct fuse_out_header out = {
+        .len = sizeof out + sizeof arg,
+        .error = 0,
+        .unique = in->unique,
+    };
+    struct iovec iov[2] = { { &out, sizeof out }, { &arg, sizeof arg } };
+    ssize_t n = writev(thr->d->fuse_fd, iov, 2);
+    if (n != (ssize_t)out.len)
+        fo_log(1, "open reply: %s", n < 0 ? g_strerror(errno) : "short write");
+    fuse_reply_none(req);
+    return true;
 }
 
 /* ---- receiving --------------------------------------------------------------------- */

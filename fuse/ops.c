@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/fuse.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -263,6 +264,11 @@ static void fo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fi->keep_cache = d->cache == FO_CACHE_PAGE;
     fi->noflush = 1;
     fi->fh = disk - d->disks;
+    /* Writers of one file need not wait for each other: blockcore orders overlapping
+     * writes itself. */
+    if (fi->direct_io && fo_reply_open_direct(req, ino, fi->fh, FOPEN_DIRECT_IO | FOPEN_NOFLUSH |
+                                              FOPEN_PARALLEL_DIRECT_WRITES))
+        return;
     fuse_reply_open(req, fi);
 }
 
