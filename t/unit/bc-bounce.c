@@ -265,7 +265,7 @@ static void test_two_threads(void)
 
 int main(int argc, char **argv)
 {
-    tu_init(&argc, &argv, 50);
+    tu_init(&argc, &argv, 150);
     bc_bounce_set_budget(BUDGET);   /* process-wide: before any I/O */
     g_test_add_func("/bounce/burst-within-budget", test_budget_burst);
     g_test_add_func("/bounce/larger-than-budget", test_larger_than_budget);

@@ -427,7 +427,7 @@ static void test_threads(gconstpointer data)
 
 int main(int argc, char **argv)
 {
-    tu_init(&argc, &argv, 50);
+    tu_init(&argc, &argv, 150);
     g_test_add_data_func("/concurrency/strided-100", &kind_ram, test_strided);
     g_test_add_data_func("/concurrency/random-sharing", &kind_ram, test_random_sharing);
     g_test_add_func("/concurrency/unserialized-loses-bytes", test_unserialized_loses);

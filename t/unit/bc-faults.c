@@ -348,7 +348,7 @@ static void test_open_keys(void)
 
 int main(int argc, char **argv)
 {
-    tu_init(&argc, &argv, 50);
+    tu_init(&argc, &argv, 150);
 #define ADD(path, fn) g_test_add(path, struct fx, NULL, fx_setup, fn, fx_teardown)
     ADD("/faults/rmw-read-eio", test_rmw_read_eio_head);
     ADD("/faults/keeps-serving", test_keeps_serving);

@@ -200,6 +200,8 @@ static void exercise(const struct file_cfg *c, const char *path, struct tu_model
         g_assert_cmpuint(p->req_align, ==, c->loop_sector);
     if (c->direct && regular && !c->dir)
         g_assert_cmpuint(p->req_align, >=, 512);   /* ext4 O_DIRECT really in use */
+    if (c->dir)
+        g_assert_cmpuint(p->req_align, ==, 1);     /* tmpfs: buffered, no RMW needed */
     g_assert_true(tu_model_verify_dev(m, dev, loop, "initial contents via the driver"));
 
     /* Random concurrent I/O against the model. */
@@ -426,7 +428,7 @@ int main(int argc, char **argv)
     };
     g_autofree char *why = NULL;
 
-    tu_init(&argc, &argv, 55);
+    tu_init(&argc, &argv, 150);
     signal(SIGABRT, remove_shm_file);
     signal(SIGTRAP, remove_shm_file);
     scratch_dir = g_strdup("/var/tmp/layerfs-1050-XXXXXX");

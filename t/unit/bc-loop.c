@@ -536,7 +536,7 @@ static void test_loop_per_thread(void)
 
 int main(int argc, char **argv)
 {
-    tu_init(&argc, &argv, 30);
+    tu_init(&argc, &argv, 60);
     g_test_add_func("/loop/new-current", test_new_current);
     g_test_add_func("/loop/defer-order", test_defer_order);
     g_test_add_func("/loop/run-once-after-defer", test_run_once_after_defer);

@@ -492,7 +492,7 @@ int main(int argc, char **argv)
         { "align4096-mem512",    (2u << 20) + 1000, 4096, 512,  32u << 10, 2000, 1013 },
         { "align4096-odd-size",  (1u << 20) + 1000, 4096, 4096, 16u << 10, 2000, 1014 },
     };
-    tu_init(&argc, &argv, 50);
+    tu_init(&argc, &argv, 150);
     for (size_t i = 0; i < G_N_ELEMENTS(cfgs); i++) {
         g_autofree char *p1 = g_strdup_printf("/model/edge/%s", cfgs[i].name);
         g_autofree char *p2 = g_strdup_printf("/model/random/%s", cfgs[i].name);
