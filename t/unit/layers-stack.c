@@ -343,6 +343,127 @@ static void test_validate(void)
     rmdir_rf(dir);
 }
 
+/* Threads, each with its own loop, write disjoint 512-byte stripes that share overlay
+ * blocks: copy-ups, range locks and flushes contend across loops; nothing may be lost. */
+#define NTHREADS 4
+#define TREGION (2u << 20)
+
+struct tctx {
+    struct lf_disk *disk;
+    unsigned id;
+    uint8_t *model;         /* shared; each thread writes only its own stripes */
+    guint32 seed;
+    bool ok;
+};
+
+static gpointer thread_main(gpointer p)
+{
+    struct tctx *t = p;
+    struct bc_loop *loop = bc_loop_new(t->id + 1, 128, NULL);
+    GRand *r = g_rand_new_with_seed(t->seed + t->id);
+    uint8_t buf[512];
+
+    g_assert_nonnull(loop);
+    for (int i = 0; i < 400; i++) {
+        /* A batch of writes to this thread's stripes, in flight together. */
+        struct tu_io ios[8];
+        struct iovec iov[8];
+        uint8_t *bufs[8];
+        unsigned pending = 0;
+        uint64_t used[8];
+        for (int k = 0; k < 8; k++) {
+            /* Distinct stripes: overlapping writes in flight together have no order. */
+            uint64_t stripe;
+            bool dup;
+            do {
+                stripe = (uint64_t)g_rand_int_range(r, 0, TREGION / 512 / NTHREADS);
+                dup = false;
+                for (int j = 0; j < k; j++)
+                    dup |= used[j] == stripe;
+            } while (dup);
+            used[k] = stripe;
+            uint64_t off = (stripe * NTHREADS + t->id) * 512;
+            uint32_t a = (uint32_t)g_rand_int_range(r, 0, 512);
+            uint32_t len = (uint32_t)g_rand_int_range(r, 1, (gint32)(512 - a + 1));
+            bufs[k] = g_malloc(len);
+            tu_fill_random(r, bufs[k], len);
+            iov[k] = (struct iovec){ bufs[k], len };
+            tu_io_start(&ios[k], &pending);
+            if (k == 7 && i % 10 == 0) {
+                lf_disk_flush(t->disk, loop, tu_io_cb, &ios[k]);
+            } else {
+                memcpy(t->model + off + a, bufs[k], len);
+                lf_disk_writev(t->disk, loop, &iov[k], 1, off + a, 0, tu_io_cb, &ios[k]);
+            }
+        }
+        tu_run_until_done(loop, &pending);
+        for (int k = 0; k < 8; k++) {
+            if (ios[k].res != 0) {
+                g_test_message("thread %u: request failed: %d", t->id, ios[k].res);
+                t->ok = false;
+            }
+            g_free(bufs[k]);
+        }
+        /* Read one of this thread's stripes back. */
+        uint64_t stripe = (uint64_t)g_rand_int_range(r, 0, TREGION / 512 / NTHREADS);
+        uint64_t off = (stripe * NTHREADS + t->id) * 512;
+        t->ok &= lt_read(t->disk, loop, buf, 512, off) == 0;
+        if (!tu_cmp(buf, t->model + off, 512, off, "stripe read back"))
+            t->ok = false;
+    }
+    g_rand_free(r);
+    bc_loop_free(loop);
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    g_autofree char *dir = tmpdir();
+    g_autofree char *bpath = g_build_filename(dir, "base.raw", NULL);
+    g_autofree char *opath = g_build_filename(dir, "top.ovl", NULL);
+    g_autofree uint8_t *base = lt_make_file(bpath, TREGION, 17);
+    uint8_t *model = g_malloc(TREGION);
+    guint32 seed = tu_seed(14);
+
+    for (int fmt = 0; fmt < 2; fmt++) {
+        struct lf_layer_cfg *top = fmt ? lt_layer("top", "ram", NULL, NULL)
+                                       : lt_layer("top", "overlay", "file", opath);
+        top->create = !fmt;
+        top->block_size = 65536;
+        memcpy(model, base, TREGION);
+        struct lf_disk_cfg *cfg = lt_disk("th", false, top,
+                                          lt_layer("base", "raw", "file", bpath), NULL);
+        struct lf_disk *d = open_ok(cfg);
+        struct tctx t[NTHREADS];
+        GThread *th[NTHREADS];
+        for (unsigned i = 0; i < NTHREADS; i++) {
+            t[i] = (struct tctx){ .disk = d, .id = i, .model = model, .seed = seed, .ok = true };
+            th[i] = g_thread_new("writer", thread_main, &t[i]);
+        }
+        for (unsigned i = 0; i < NTHREADS; i++) {
+            g_thread_join(th[i]);
+            g_assert_true(t[i].ok);
+        }
+        g_autofree uint8_t *all = g_malloc(TREGION);
+        g_assert_cmpint(lt_read(d, bc_loop_current(), all, TREGION, 0), ==, 0);
+        g_assert_true(tu_cmp(all, model, TREGION, 0, "after concurrent writers"));
+        g_assert_cmpint(lf_disk_close(d), ==, 0);
+        lt_disk_free(cfg);
+        if (!fmt) {
+            /* And it all persisted. */
+            cfg = lt_disk("th2", true, lt_layer("top", "overlay", "file", opath),
+                          lt_layer("base", "raw", "file", bpath), NULL);
+            d = open_ok(cfg);
+            g_assert_cmpint(lt_read(d, bc_loop_current(), all, TREGION, 0), ==, 0);
+            g_assert_true(tu_cmp(all, model, TREGION, 0, "after reopen"));
+            g_assert_cmpint(lf_disk_close(d), ==, 0);
+            lt_disk_free(cfg);
+        }
+    }
+    g_free(model);
+    rmdir_rf(dir);
+}
+
 int main(int argc, char **argv)
 {
     tu_init(&argc, &argv, 300);
@@ -353,6 +474,7 @@ int main(int argc, char **argv)
     g_test_add_func("/layers/write-through/both-layers", test_write_through);
     g_test_add_func("/layers/unmap/next-is-zero", test_unmap);
     g_test_add_func("/layers/validate/bad-stacks", test_validate);
+    g_test_add_func("/layers/threads/shared-blocks", test_threads);
     int rc = g_test_run();
     bc_loop_free(loop);
     return rc;
