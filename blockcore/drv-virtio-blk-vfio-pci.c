@@ -571,6 +571,18 @@ static void *vf_open(const struct bc_open_args *args, struct bc_props *props, GE
                     s->what, (long long)want_queues, dev_queues);
         goto fail;
     }
+    /* One MSI-X vector per queue plus the config vector. */
+    struct vfio_irq_info ii = { .argsz = sizeof(ii), .index = VFIO_PCI_MSIX_IRQ_INDEX };
+    if (ioctl(s->device, VFIO_DEVICE_GET_IRQ_INFO, &ii) < 0 || ii.count < 2) {
+        g_set_error(errp, BC_ERROR, ENOTSUP, "%s: the device has no usable MSI-X", s->what);
+        goto fail;
+    }
+    dev_queues = MIN(dev_queues, ii.count - 1);
+    if (want_queues > (int64_t)dev_queues) {
+        g_set_error(errp, BC_ERROR, EINVAL, "%s: num-queues %lld: the device has MSI-X "
+                    "vectors for only %u", s->what, (long long)want_queues, dev_queues);
+        goto fail;
+    }
     s->nq = want_queues ? (unsigned)want_queues : MIN(dev_queues, VF_DEFAULT_QUEUES);
     for (unsigned i = 0; i < s->nq; i++) {
         COMMON_W(s, Q_SELECT, i, 2);

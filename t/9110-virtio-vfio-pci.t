@@ -1,12 +1,12 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
-# The virtio-blk-vfio-pci driver inside a QEMU guest (TCG, emulated intel-iommu, a
-# virtio-blk-pci device with iommu_platform=on): the guest binds the device to vfio-pci,
-# runs t/bin/vblk-io on it (random odd I/O from 3 loops on 2 queues against a model), then
-# layerfs with writes and reads through the exposed file, and reports TAP on the serial
-# console; the host then checks the image file against the guest's view byte for byte
-# (by SHA-256).  See shared/PLATFORM.md.  Needs qemu-system-x86, a distribution kernel with
-# the vfio modules (linux-image-cloud-amd64), busybox-static and cpio.
+# The virtio-blk-vfio-pci driver inside a QEMU guest (TCG, emulated intel-iommu, virtio-blk-pci
+# devices with iommu_platform=on): the guest binds them to vfio-pci, runs t/bin/vblk-io (random
+# odd I/O from 3 loops on 2 queues against a model; 4096-byte blocks on the second device),
+# then layerfs with writes and reads through the exposed file, and reports TAP on the serial
+# console; the host then checks the image files against the guest's view byte for byte (by
+# SHA-256).  See shared/PLATFORM.md.  Needs qemu-system-x86, a distribution kernel with the
+# vfio modules (linux-image-cloud-amd64), busybox-static and cpio.
 . "$(dirname "$0")/tap.sh"
 
 require_cmd qemu-system-x86_64 busybox cpio sha256sum ldd
@@ -27,8 +27,10 @@ VMLINUZ=/boot/vmlinuz-$KVER
 
 SIZE=$((32 << 20))
 IMG=$SCRATCH/disk.img
+IMG4K=$SCRATCH/disk4k.img
 ROOT=$SCRATCH/initrd
 head -c $SIZE /dev/urandom >"$IMG"
+head -c $SIZE /dev/urandom >"$IMG4K"
 
 # ---- the guest's initramfs --------------------------------------------------------------
 mkdir -p "$ROOT"/{bin,dev,proc,sys,tmp,mnt,lib/modules,lib64,lib/x86_64-linux-gnu,etc}
@@ -71,14 +73,18 @@ run() { # run DESC CMD...: a TAP line, the output as comments
 for m in irqbypass vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci fuse; do
     insmod /lib/modules/$m.ko || echo "GUEST # insmod $m failed"
 done
-dev=
+devs=
 for d in /sys/bus/pci/devices/*; do
-    [ "$(cat $d/vendor)" = 0x1af4 ] && [ "$(cat $d/device)" = 0x1042 ] && dev=${d##*/}
+    [ "$(cat $d/vendor)" = 0x1af4 ] && [ "$(cat $d/device)" = 0x1042 ] && devs="$devs ${d##*/}"
 done
-echo vfio-pci >/sys/bus/pci/devices/$dev/driver_override
-echo $dev >/sys/bus/pci/drivers_probe
-grp=$(readlink /sys/bus/pci/devices/$dev/iommu_group)
-[ -c /dev/vfio/${grp##*/} ]; res $? "virtio-blk $dev bound to vfio-pci, /dev/vfio/${grp##*/}"
+for d in $devs; do
+    echo vfio-pci >/sys/bus/pci/devices/$d/driver_override
+    echo $d >/sys/bus/pci/drivers_probe
+    grp=$(readlink /sys/bus/pci/devices/$d/iommu_group)
+    [ -c /dev/vfio/${grp##*/} ]; res $? "virtio-blk $d bound to vfio-pci, /dev/vfio/${grp##*/}"
+done
+set -- $devs
+dev=$1 dev4k=$2
 
 vblk-io --driver virtio-blk-vfio-pci --mode open 0000:00:00.0 >/tmp/out 2>&1
 grep -q "not bound to vfio-pci" /tmp/out; res $? "a device not bound to vfio-pci: clear error"
@@ -92,6 +98,11 @@ sed 's/^/GUEST # /' /tmp/out
 run "vblk-io: 3 loops on 2 queues, random odd I/O checked against a model" \
     vblk-io --driver virtio-blk-vfio-pci --mode io --blk 512 --loops 3 --ops 120 \
     --num-queues 2 --sha256 --timeout 600 $dev
+
+run "vblk-io on 4096-byte blocks: 2 loops sharing 1 queue of 16" \
+    vblk-io --driver virtio-blk-vfio-pci --mode io --blk 4096 --loops 2 --ops 100 \
+    --num-queues 1 --queue-size 16 --sha256 --timeout 600 $dev4k
+echo "GUEST sum-4k $(sed -n 's/^sha256 //p' /tmp/out)"
 
 # layerfs on the device: odd and concurrent sector-sharing writes through the file.
 layerfs -f --pidfile /tmp/pid --disk "d=driver=virtio-blk-vfio-pci,path=$(echo $dev | sed 's/:/\\:/g')" /mnt \
@@ -139,6 +150,9 @@ timeout 900 qemu-system-x86_64 -accel tcg -machine q35,kernel-irqchip=split -cpu
     -device pcie-root-port,id=rp1,chassis=1 \
     -drive "file=$IMG,if=none,id=d0,format=raw,cache=none,discard=unmap" \
     -device virtio-blk-pci,bus=rp1,drive=d0,disable-legacy=on,iommu_platform=on,num-queues=2 \
+    -device pcie-root-port,id=rp2,chassis=2 \
+    -drive "file=$IMG4K,if=none,id=d1,format=raw,cache=none,discard=unmap" \
+    -device virtio-blk-pci,bus=rp2,drive=d1,disable-legacy=on,iommu_platform=on,num-queues=1,logical_block_size=4096,physical_block_size=4096 \
     -net none </dev/null >"$LOG" 2>&1
 rc=$?
 tr -d '\r' <"$LOG" >"$LOG.txt"
@@ -153,12 +167,15 @@ while IFS= read -r line; do
     esac
 done <"$LOG.txt"
 
-vblk_sum=$(sed -n 's/^GUEST # sha256 //p' "$LOG.txt")
+vblk_sum=$(sed -n 's/^GUEST # sha256 //p' "$LOG.txt" | head -n 1)
+sum4k=$(sed -n 's/^GUEST sum-4k //p' "$LOG.txt")
 before=$(sed -n 's/^GUEST before-fuse //p' "$LOG.txt")
 after=$(sed -n 's/^GUEST after-fuse //p' "$LOG.txt")
 like "$vblk_sum" '^[0-9a-f]{64}$' "the guest reported the device contents after vblk-io"
 is "$before" "$vblk_sum" "layerfs saw what vblk-io left on the device"
 is "$(sha256sum <"$IMG" | cut -d' ' -f1)" "$after" \
     "the image on the host is byte for byte what the guest wrote"
+is "$(sha256sum <"$IMG4K" | cut -d' ' -f1)" "$sum4k" \
+    "4096-byte device: the host image is what the guest read back"
 
 done_testing
