@@ -94,8 +94,16 @@ int sparse_present(struct sparse *sp, uint64_t offset, uint64_t len, uint64_t *p
     bool state = bit_get(sp->bitmap, b);
     uint64_t e = b + 1;
     uint64_t last = MIN(sp->nblocks, ((offset + len - 1) >> sp->shift) + 1);
-    while (e < last && bit_get(sp->bitmap, e) == state)
+    uint8_t same = state ? 0xff : 0;
+    while (e < last) {
+        if ((e & 7) == 0 && e + 8 <= last && sp->bitmap[e >> 3] == same) {
+            e += 8;     /* a whole byte in the same state */
+            continue;
+        }
+        if (bit_get(sp->bitmap, e) != state)
+            break;
         e++;
+    }
     g_mutex_unlock(&sp->lock);
     *pnum = MIN(len, (e << sp->shift) - offset);
     return state ? 1 : 0;
