@@ -17,6 +17,7 @@
 
 #define FO_MAX_THREADS 64
 
+/* Everything main() sets up lives here, reachable until exit. */
 struct fo_options {
     const char *config;
     GPtrArray *disk_specs;  /* char *, borrowed from argv */
@@ -30,6 +31,10 @@ struct fo_options {
     enum fo_cache cache;
     const char *mountpoint;
 };
+
+static struct fo_options fo_opts;
+static struct lf_config *fo_cfg;
+static struct fo_daemon fo_daemon;
 
 static void usage(FILE *f)
 {
@@ -61,14 +66,23 @@ G_NORETURN static void bad_usage(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 static void bad_usage(const char *fmt, ...)
 {
     va_list ap;
-    g_autofree char *msg = NULL;
+    char *msg;
 
     va_start(ap, fmt);
     msg = g_strdup_vprintf(fmt, ap);
     va_end(ap);
     fo_err("%s", msg);
+    g_free(msg);
     fprintf(stderr, "Try 'layerfs --help' for more information.\n");
     exit(2);
+}
+
+/* Print err's message, free it and exit with status (telling a waiting parent). */
+G_NORETURN static void die(int status, GError *err)
+{
+    fo_err("%s", err->message);
+    g_error_free(err);
+    fo_exit(status);
 }
 
 enum {
@@ -181,36 +195,29 @@ static void parse_options(int argc, char **argv, struct fo_options *o)
 /* Build the configuration from -c, --disk and --demo; exits 2 on any error. */
 static struct lf_config *build_config(const struct fo_options *o)
 {
-    g_autoptr(GError) err = NULL;
-    struct lf_config *cfg;
+    GError *err = NULL;
 
-    cfg = o->config != NULL ? lf_config_load(o->config, &err) : lf_config_new();
-    if (cfg == NULL) {
-        fo_err("%s", err->message);
-        exit(2);
-    }
+    fo_cfg = o->config != NULL ? lf_config_load(o->config, &err) : lf_config_new();
+    if (fo_cfg == NULL)
+        die(2, err);
     for (guint i = 0; i < o->disk_specs->len; i++) {
-        if (!lf_config_add_inline(cfg, g_ptr_array_index(o->disk_specs, i), &err)) {
-            fo_err("%s", err->message);
-            exit(2);
-        }
+        if (!lf_config_add_inline(fo_cfg, g_ptr_array_index(o->disk_specs, i), &err))
+            die(2, err);
     }
-    if (o->demo && !fo_demo_config(cfg, &err)) {
-        fo_err("%s", err->message);
-        exit(2);
-    }
-    if (cfg->disks->len == 0) {
+    if (o->demo && !fo_demo_config(fo_cfg, &err))
+        die(2, err);
+    if (fo_cfg->disks->len == 0) {
         fo_err("no disks: give -c FILE, --disk SPEC or --demo");
         exit(2);
     }
-    return cfg;
+    return fo_cfg;
 }
 
 /* Open every disk (as the daemon, after forking); exits 2 on error. */
 static void open_disks(struct fo_daemon *d, const struct lf_config *cfg, bool demo,
                        bool read_only)
 {
-    g_autoptr(GError) err = NULL;
+    GError *err = NULL;
 
     d->ndisks = cfg->disks->len;
     d->disks = g_new0(struct fo_disk, d->ndisks);
@@ -218,20 +225,16 @@ static void open_disks(struct fo_daemon *d, const struct lf_config *cfg, bool de
         const struct lf_disk_cfg *dc = g_ptr_array_index(cfg->disks, i);
         struct fo_disk *disk = &d->disks[i];
         disk->disk = lf_disk_open(dc, read_only, &err);
-        if (disk->disk == NULL) {
-            fo_err("%s", err->message);
-            fo_exit(2);
-        }
+        if (disk->disk == NULL)
+            die(2, err);
         disk->name = g_strdup(dc->name);
         disk->ino = d->file_mode ? FUSE_ROOT_ID : 2 + i;
         disk->size = lf_disk_size(disk->disk);
         disk->blksize = lf_disk_block_size(disk->disk);
         disk->read_only = lf_disk_read_only(disk->disk);
         if (demo && strcmp(dc->name, FO_DEMO_NAME) == 0 && !disk->read_only &&
-            !fo_demo_fill(disk->disk, &err)) {
-            fo_err("%s", err->message);
-            fo_exit(2);
-        }
+            !fo_demo_fill(disk->disk, &err))
+            die(2, err);
         fo_log(1, "disk %s: %" G_GUINT64_FORMAT " bytes%s", disk->name, disk->size,
                disk->read_only ? ", read-only" : "");
     }
@@ -316,28 +319,24 @@ static struct fuse_session *make_session(struct fo_daemon *d, const struct fo_op
 
 int main(int argc, char **argv)
 {
-    struct fo_options o = { 0 };
-    struct fo_daemon d = { 0 };
+    struct fo_options *o = &fo_opts;
+    struct fo_daemon *d = &fo_daemon;
     struct fo_pidfile pf = { 0 };
-    g_autoptr(GError) err = NULL;
-    g_autofree char *mnt = NULL;
+    GError *err = NULL;
+    static char *mnt, *pidfile;
     int status = 0;
 
-    parse_options(argc, argv, &o);
-    struct lf_config *cfg = build_config(&o);
-    if (!fo_check_mountpoint(o.mountpoint, cfg->disks->len, &d.file_mode, &mnt, &err)) {
-        fo_err("%s", err->message);
-        return 2;
-    }
-    g_autofree char *pidfile = o.pidfile ? g_canonicalize_filename(o.pidfile, NULL) : NULL;
-    if (pidfile != NULL && !fo_pidfile_check(pidfile, &err)) {
-        fo_err("%s", err->message);
-        return 2;
-    }
-    if (o.bounce_budget != 0)
-        bc_bounce_set_budget(o.bounce_budget);
+    parse_options(argc, argv, o);
+    struct lf_config *cfg = build_config(o);
+    if (!fo_check_mountpoint(o->mountpoint, cfg->disks->len, &d->file_mode, &mnt, &err))
+        die(2, err);
+    pidfile = o->pidfile ? g_canonicalize_filename(o->pidfile, NULL) : NULL;
+    if (pidfile != NULL && !fo_pidfile_check(pidfile, &err))
+        die(2, err);
+    if (o->bounce_budget != 0)
+        bc_bounce_set_budget(o->bounce_budget);
 
-    if (!o.foreground)
+    if (!o->foreground)
         fo_daemonize();
 
     /* Signals go to the main thread's signalfd; the I/O threads inherit the mask. */
@@ -349,37 +348,39 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
     int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
-    d.event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (sfd < 0 || d.event_fd < 0) {
+    d->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (sfd < 0 || d->event_fd < 0) {
         fo_err("signalfd/eventfd: %s", g_strerror(errno));
         fo_exit(1);
     }
 
-    d.cache = o.cache;
-    d.verbose = fo_verbose;
-    d.uid = getuid();
-    d.gid = getgid();
-    clock_gettime(CLOCK_REALTIME, &d.start);
-    d.nthreads = o.threads;
-    open_disks(&d, cfg, o.demo, o.read_only);
+    d->cache = o->cache;
+    d->verbose = fo_verbose;
+    d->uid = getuid();
+    d->gid = getgid();
+    clock_gettime(CLOCK_REALTIME, &d->start);
+    d->nthreads = o->threads;
+    open_disks(d, cfg, o->demo, o->read_only);
     lf_config_free(cfg);
+    fo_cfg = NULL;
 
-    d.se = make_session(&d, &o);
-    if (d.se == NULL) {
-        fo_err("bad FUSE options: %s", o.mount_opts->str);
-        close_disks(&d, &status);
+    d->se = make_session(d, o);
+    if (d->se == NULL) {
+        fo_err("bad FUSE options: %s", o->mount_opts->str);
+        close_disks(d, &status);
         fo_exit(2);
     }
-    if (fuse_session_mount(d.se, mnt) != 0) {
+    if (fuse_session_mount(d->se, mnt) != 0) {
         fo_err("%s: cannot mount", mnt);
-        close_disks(&d, &status);
-        fuse_session_destroy(d.se);
+        close_disks(d, &status);
+        fuse_session_destroy(d->se);
         fo_exit(2);
     }
-    d.fuse_fd = fuse_session_fd(d.se);
-    if (fcntl(d.fuse_fd, F_SETFL, fcntl(d.fuse_fd, F_GETFL) | O_NONBLOCK) < 0 ||
-        !fo_threads_start(&d, &err)) {
+    d->fuse_fd = fuse_session_fd(d->se);
+    if (fcntl(d->fuse_fd, F_SETFL, fcntl(d->fuse_fd, F_GETFL) | O_NONBLOCK) < 0 ||
+        !fo_threads_start(d, &err)) {
         fo_err("%s", err ? err->message : g_strerror(errno));
+        g_clear_error(&err);
         status = 1;
         goto unmount;
     }
@@ -387,19 +388,20 @@ int main(int argc, char **argv)
     /* Serve; the pidfile appears once FUSE_INIT has been answered. */
     bool ready = false;
     int sig = 0;
-    while (sig == 0 && !atomic_load(&d.unmounted)) {
-        if (!ready && atomic_load(&d.init_done)) {
+    while (sig == 0 && !atomic_load(&d->unmounted)) {
+        if (!ready && atomic_load(&d->init_done)) {
             ready = true;
             if (pidfile != NULL && !fo_pidfile_write(&pf, pidfile, &err)) {
                 fo_err("%s", err->message);
+                g_clear_error(&err);
                 status = 1;
                 break;
             }
-            fo_log(1, "serving %u disk(s) on %s with %u I/O thread(s)", d.ndisks, mnt,
-                   d.nthreads);
+            fo_log(1, "serving %u disk(s) on %s with %u I/O thread(s)", d->ndisks, mnt,
+                   d->nthreads);
             fo_daemon_ready();
         }
-        sig = wait_event(&d, sfd);
+        sig = wait_event(d, sfd);
     }
     if (sig != 0)
         fo_log(1, "%s: shutting down", strsignal(sig));
@@ -409,39 +411,39 @@ int main(int argc, char **argv)
     }
 
     /* Drain, then flush every disk; a second signal while waiting gives up waiting. */
-    fo_threads_stop_receiving(&d);
-    while (atomic_load(&d.drained) < d.nthreads) {
-        if (wait_event(&d, sfd) != 0) {
+    fo_threads_stop_receiving(d);
+    while (atomic_load(&d->drained) < d->nthreads) {
+        if (wait_event(d, sfd) != 0) {
             fo_err("second signal: not waiting for requests in flight");
-            fuse_session_unmount(d.se);
+            fuse_session_unmount(d->se);
             fo_exit(1);
         }
     }
-    fo_threads_flush_all(&d);
-    while (!atomic_load(&d.flushed)) {
-        if (wait_event(&d, sfd) != 0) {
+    fo_threads_flush_all(d);
+    while (!atomic_load(&d->flushed)) {
+        if (wait_event(d, sfd) != 0) {
             fo_err("second signal: not waiting for the final flush");
-            fuse_session_unmount(d.se);
+            fuse_session_unmount(d->se);
             fo_exit(1);
         }
     }
-    if (atomic_load(&d.flush_res) < 0) {
-        fo_err("flushing the disks: %s", g_strerror(-atomic_load(&d.flush_res)));
+    if (atomic_load(&d->flush_res) < 0) {
+        fo_err("flushing the disks: %s", g_strerror(-atomic_load(&d->flush_res)));
         status = 1;
     }
-    fo_threads_join(&d);
+    fo_threads_join(d);
 
 unmount:
-    if (d.threads != NULL) {
+    if (d->threads != NULL) {
         /* Threads started only partly: nothing was received yet. */
-        fo_threads_stop_receiving(&d);
-        fo_threads_join(&d);
+        fo_threads_stop_receiving(d);
+        fo_threads_join(d);
     }
-    fuse_session_unmount(d.se);
-    close_disks(&d, &status);
-    fuse_session_destroy(d.se);
+    fuse_session_unmount(d->se);
+    close_disks(d, &status);
+    fuse_session_destroy(d->se);
     fo_pidfile_remove(&pf);
-    g_string_free(o.mount_opts, TRUE);
-    g_ptr_array_unref(o.disk_specs);
+    g_string_free(o->mount_opts, TRUE);
+    g_ptr_array_unref(o->disk_specs);
     fo_exit(status);
 }
