@@ -121,8 +121,9 @@ bool bc_vq_kick_prepare(struct bc_vq *vq)
     if (old == cur)
         return false;
     if (vq->event_idx) {
-        uint16_t ev = le16toh(__atomic_load_n((uint16_t *)&vq->used->ring[vq->num],
-                                              __ATOMIC_RELAXED));
+        /* avail_event sits right after the used ring's num entries. */
+        uint16_t *avail_event = (uint16_t *)((uint8_t *)vq->used + 4 + 8 * (size_t)vq->num);
+        uint16_t ev = le16toh(__atomic_load_n(avail_event, __ATOMIC_RELAXED));
         return (uint16_t)(cur - ev - 1) < (uint16_t)(cur - old);
     }
     return !(le16toh(__atomic_load_n(&vq->used->flags, __ATOMIC_RELAXED)) &
