@@ -13,8 +13,6 @@
 #include <sys/types.h>
 #include <time.h>
 
-#include <linux/time_types.h>
-
 #include <fuse_lowlevel.h>
 
 #include "layers/layers.h"
@@ -122,20 +120,6 @@ void fo_daemonize(void);
 void fo_daemon_ready(void);
 /* Exit with status, passing it to a waiting parent first. */
 G_NORETURN void fo_exit(int status);
-
-/* Keeps a short timeout armed on a loop so that synchronous waits with
- * bc_loop_run_once(loop, true) wake after a completion that ran as a task. */
-struct fo_ticker {
-    struct bc_uop uop;
-    struct bc_loop *loop;
-    struct __kernel_timespec ts;
-    bool armed;
-    bool stop;
-};
-/* Arm the ticker on loop (the calling thread's). */
-void fo_ticker_start(struct fo_ticker *t, struct bc_loop *loop);
-/* Disarm and run the loop until the last timeout came back. */
-void fo_ticker_stop(struct fo_ticker *t);
 
 #define FO_DEMO_NAME "demo"
 /* Add the built-in demo disk to cfg. false and *errp. */

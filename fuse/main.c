@@ -242,12 +242,6 @@ static void open_disks(struct fo_daemon *d, const struct lf_config *cfg, bool de
 
 static void close_disks(struct fo_daemon *d, int *status)
 {
-    /* lf_disk_close() may wait on this thread's loop: give it a ticking one. */
-    struct fo_ticker t;
-    struct bc_loop *loop = bc_loop_new(0, 16, NULL);
-
-    if (loop != NULL)
-        fo_ticker_start(&t, loop);
     for (unsigned i = 0; i < d->ndisks; i++) {
         int r = lf_disk_close(d->disks[i].disk);
         if (r < 0) {
@@ -258,10 +252,6 @@ static void close_disks(struct fo_daemon *d, int *status)
     }
     g_free(d->disks);
     d->disks = NULL;
-    if (loop != NULL) {
-        fo_ticker_stop(&t);
-        bc_loop_free(loop);
-    }
 }
 
 struct fo_disk *fo_disk_of(struct fo_daemon *d, fuse_ino_t ino)

@@ -11,8 +11,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <liburing.h>
-
 #include "fuse/front.h"
 
 int fo_verbose;
@@ -237,50 +235,6 @@ void fo_exit(int status)
     exit(status);
 }
 
-/* ---- synchronous waits on a loop --------------------------------------------------- */
-
-/*
- * bc_loop_run_once(loop, true) runs the queued tasks and then blocks for one ring event.
- * A request that completes as a deferred task (the ram driver's requests, a flush with
- * nothing to flush) therefore completes inside a call that then blocks for an event that
- * may never come.  A ticker keeps a short timeout armed on the loop so such waits wake.
- */
-static void ticker_arm(struct fo_ticker *t);
-
-static void ticker_done(struct bc_uop *uop, int res, unsigned flags)
-{
-    struct fo_ticker *t = (struct fo_ticker *)uop;
-
-    t->armed = false;
-    if (!t->stop)
-        ticker_arm(t);
-}
-
-static void ticker_arm(struct fo_ticker *t)
-{
-    struct io_uring_sqe *sqe = bc_loop_sqe(t->loop, &t->uop);
-
-    t->ts.tv_sec = 0;
-    t->ts.tv_nsec = 5 * 1000 * 1000;
-    io_uring_prep_timeout(sqe, &t->ts, 0, 0);
-    t->armed = true;
-}
-
-void fo_ticker_start(struct fo_ticker *t, struct bc_loop *loop)
-{
-    memset(t, 0, sizeof *t);
-    t->uop.done = ticker_done;
-    t->loop = loop;
-    ticker_arm(t);
-}
-
-void fo_ticker_stop(struct fo_ticker *t)
-{
-    t->stop = true;
-    while (t->armed)
-        bc_loop_run_once(t->loop, true);
-}
-
 /* ---- the demo disk ------------------------------------------------------------------ */
 
 /* The demo disk: a ram-format top layer over a 256M raw layer on the ram driver. */
@@ -317,12 +271,10 @@ bool fo_demo_fill(struct lf_disk *disk, GError **errp)
         snprintf(sec, 512, "layerfs demo sector %zu\n", s);
     }
     struct bc_loop *loop = bc_loop_new(0, 16, errp);
-    struct fo_ticker t;
     if (loop == NULL) {
         bc_buf_free(buf);
         return false;
     }
-    fo_ticker_start(&t, loop);
     lf_disk_writev(disk, loop, &iov, 1, 0, 0, demo_written, &w);
     while (!w.done) {
         int r = bc_loop_run_once(loop, true);
@@ -331,7 +283,6 @@ bool fo_demo_fill(struct lf_disk *disk, GError **errp)
             break;
         }
     }
-    fo_ticker_stop(&t);
     bc_loop_free(loop);
     bc_buf_free(buf);
     if (w.res < 0) {
