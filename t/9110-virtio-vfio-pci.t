@@ -95,6 +95,17 @@ grep -q "num-queues 9: the device has only 2" /tmp/out
 res $? "too many queues: clear error after a partial setup (the device is reset)"
 sed 's/^/GUEST # /' /tmp/out
 
+# An unprivileged user with a small RLIMIT_MEMLOCK: the DMA mapping is refused, clearly.
+echo "root:x:0:0::/:/bin/sh" >/etc/passwd
+echo "nobody:x:65534:65534::/tmp:/bin/sh" >>/etc/passwd
+grp=$(readlink /sys/bus/pci/devices/$dev/iommu_group)
+chmod 666 /dev/vfio/vfio /dev/vfio/${grp##*/}
+su nobody -c "ulimit -l 64; vblk-io --driver virtio-blk-vfio-pci --mode open $dev" >/tmp/out 2>&1
+grep -q "IOMMU refused to map.*RLIMIT_MEMLOCK" /tmp/out
+res $? "DMA mapping over RLIMIT_MEMLOCK: clear error"
+sed 's/^/GUEST # /' /tmp/out
+chmod 600 /dev/vfio/vfio /dev/vfio/${grp##*/}
+
 run "vblk-io: 3 loops on 2 queues, random odd I/O checked against a model" \
     vblk-io --driver virtio-blk-vfio-pci --mode io --blk 512 --loops 3 --ops 120 \
     --num-queues 2 --sha256 --timeout 600 $dev
