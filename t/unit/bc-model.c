@@ -483,6 +483,94 @@ static void test_null(void)
     tu_loop_free(loop);
 }
 
+/* ---- the small helpers the engine is built on ----------------------------------------- */
+
+/* bc_iov_to_buf/from_buf/memset at random skips over random splits, against flat memcpy. */
+static void test_iov_helpers(void)
+{
+    GRand *rand = g_rand_new_with_seed(tu_seed(1015));
+    enum { LEN = 5000 };
+    uint8_t flat[LEN], iovmem[LEN], tmp[LEN], want[LEN];
+    struct iovec iov[TU_MAX_IOV];
+
+    for (int round = 0; round < 2000; round++) {
+        tu_fill_random(rand, flat, LEN);
+        memcpy(iovmem, flat, LEN);
+        int n = tu_split_iov(rand, iovmem, LEN, iov, g_rand_int_range(rand, 1, TU_MAX_IOV + 1));
+        g_assert_cmpuint(bc_iov_len(iov, n), ==, LEN);
+        size_t skip = (size_t)g_rand_int_range(rand, 0, LEN + 1);
+        size_t len = (size_t)g_rand_int_range(rand, 0, (gint32)(LEN - skip) + 1);
+
+        bc_iov_to_buf(iov, n, skip, tmp, len);
+        g_assert_cmpmem(tmp, len, flat + skip, len);
+
+        tu_fill_random(rand, tmp, len);
+        memcpy(want, flat, LEN);
+        memcpy(want + skip, tmp, len);
+        bc_iov_from_buf(iov, n, skip, tmp, len);
+        g_assert_cmpmem(iovmem, LEN, want, LEN);
+
+        int c = g_rand_int_range(rand, 0, 256);
+        memset(want + skip, c, len);
+        bc_iov_memset(iov, n, skip, c, len);
+        g_assert_cmpmem(iovmem, LEN, want, LEN);
+    }
+    g_assert_cmpuint(bc_iov_len(NULL, 0), ==, 0);
+    g_rand_free(rand);
+}
+
+static void test_parse_size(void)
+{
+    static const struct { const char *s; bool ok; uint64_t v; } cases[] = {
+        { "0", true, 0 }, { "4096", true, 4096 }, { "64K", true, 64u << 10 },
+        { "64k", true, 64u << 10 }, { "1M", true, 1u << 20 }, { "2G", true, 2ull << 30 },
+        { "1T", true, 1ull << 40 }, { "16383P", false, 0 }, { "", false, 0 },
+        { "K", false, 0 }, { "-1", false, 0 }, { " 1", false, 0 }, { "1 ", false, 0 },
+        { "1X", false, 0 }, { "1.5M", false, 0 }, { "0x10", false, 0 },
+        { "18446744073709551615", true, UINT64_MAX }, { "18446744073709551616", false, 0 },
+        { "16777216T", false, 0 }, { "16777215T", true, 16777215ull << 40 },
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+        uint64_t v = 12345;
+        bool ok = bc_parse_size(cases[i].s, &v);
+        if (ok != cases[i].ok || (ok && v != cases[i].v))
+            g_test_fail_printf("bc_parse_size(\"%s\"): %s %" PRIu64 ", want %s %" PRIu64,
+                               cases[i].s, ok ? "true" : "false", v,
+                               cases[i].ok ? "true" : "false", cases[i].v);
+    }
+    g_assert_false(bc_parse_size(NULL, &(uint64_t){ 0 }));
+}
+
+/* Offsets near 2^64: no wrap-around, an error (or zeros for a read), never a crash. */
+static void test_offset_overflow(void)
+{
+    struct bc_loop *loop = tu_loop_new();
+    struct bc_dev *dev = tu_open_ram(1u << 20, 4096, 4096, 0);
+    uint8_t buf[100];
+    const uint64_t off = UINT64_MAX - 10;
+
+    memset(buf, 0xEE, sizeof buf);
+    int r = tu_pread(dev, loop, buf, sizeof buf, off);
+    g_assert_true(r == 0 || r == -EINVAL);
+    if (r == 0)
+        for (size_t i = 0; i < sizeof buf; i++)
+            g_assert_cmpuint(buf[i], ==, 0);
+    r = tu_pwrite(dev, loop, buf, sizeof buf, off);
+    g_assert_true(r == -EINVAL || r == -ENOSPC);
+    r = tu_zero(dev, loop, off, 100, 0);
+    g_assert_true(r == -EINVAL || r == -ENOSPC);
+    r = tu_zero(dev, loop, 4096, UINT64_MAX, BC_REQ_MAY_UNMAP);
+    g_assert_true(r == -EINVAL || r == -ENOSPC);
+    r = tu_discard(dev, loop, off, 100);
+    g_assert_true(r == 0 || r == -EINVAL || r == -ENOSPC);
+    r = tu_discard(dev, loop, 4096, UINT64_MAX);
+    g_assert_true(r == 0 || r == -EINVAL || r == -ENOSPC);
+    uint64_t pnum = 0;
+    g_assert_cmpint(bc_dev_block_status(dev, off, 100, &pnum), ==, 0);
+    bc_dev_close(dev);
+    tu_loop_free(loop);
+}
+
 int main(int argc, char **argv)
 {
     static const struct model_cfg cfgs[] = {
@@ -500,5 +588,8 @@ int main(int argc, char **argv)
         g_test_add_data_func(p2, &cfgs[i], model_run);
     }
     g_test_add_func("/model/null-driver", test_null);
+    g_test_add_func("/model/offset-overflow", test_offset_overflow);
+    g_test_add_func("/helpers/iov", test_iov_helpers);
+    g_test_add_func("/helpers/parse-size", test_parse_size);
     return g_test_run();
 }
