@@ -20,6 +20,9 @@ start_daemon "$MNT" --disk "a=$SCRATCH/a.img" --disk "b=$SCRATCH/b.img" \
     --disk "ro=path=$SCRATCH/ro.img,read-only=true" || exit 1
 
 is "$(ls "$MNT" | tr '\n' ' ')" "a b ro " "readdir lists one file per disk"
+opts=$(awk -v m="$MNT" '$2 == m { print $4 }' /proc/mounts)
+like "$opts" "default_permissions" "mounted with default_permissions ($opts)"
+ok "no allow_other unless asked" sh -c "! printf '%s' '$opts' | grep -q allow_other"
 is "$(stat -c '%F %a %s %u %g' "$MNT/a")" "regular file 600 8388608 $(id -u) $(id -g)" \
     "disk a: regular file, 0600, disk size, owned by the mounting user"
 is "$(stat -c '%s' "$MNT/b")" "3000000" "disk b: size need not be a multiple of 512"
@@ -110,8 +113,10 @@ is "$(stat -c %s "$SCRATCH/file-mnt")" "0" "the file mountpoint is back to itsel
 is "$?" "2" "two disks on a file mountpoint: exit 2"
 like "$(cat "$SCRATCH/two.err")" "exactly one disk" "and says why"
 
-# The built-in demo disk.
-start_daemon "$MNT" --demo || exit 1
+# The built-in demo disk, and -o passed through.
+start_daemon "$MNT" --demo -o allow_other || exit 1
+like "$(awk -v m="$MNT" '$2 == m { print $4 }' /proc/mounts)" "allow_other" \
+    "-o allow_other reaches the mount"
 is "$(stat -c '%s' "$MNT/demo")" "268435456" "--demo: a 256M disk named demo"
 is "$(head -n 1 "$MNT/demo" | tr -d '\0')" "layerfs demo sector 0" "--demo: the pattern in sector 0"
 is "$(dd if="$MNT/demo" bs=512 skip=2047 count=1 status=none | head -n 1 | tr -d '\377')" \
