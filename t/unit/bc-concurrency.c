@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "t/unit/check-drv.h"
 #include "t/unit/test-util.h"
 
 struct wr {
@@ -23,13 +24,18 @@ struct wr {
 struct devkind {
     bool file;
     unsigned slot;          /* the threads test: bytes per write */
+    bool check;             /* the checking driver (ram underneath) instead of ram */
 };
-static const struct devkind kind_ram = { false, 100 }, kind_file = { true, 100 },
-                            kind_ram_1byte = { false, 1 };
+static const struct devkind kind_ram = { false, 100, false }, kind_file = { true, 100, false },
+                            kind_ram_1byte = { false, 1, false }, kind_check = { false, 100, true };
 
 static struct bc_dev *open_kind(const struct devkind *k, uint64_t size, char **pathp)
 {
     *pathp = NULL;
+    if (k->check) {
+        g_autofree char *sz = g_strdup_printf("%" PRIu64, size);
+        return tu_open(&tu_drv_check, NULL, false, false, "size", sz, "align", "4096", NULL);
+    }
     if (!k->file)
         return tu_open_ram(size, 4096, 4096, 0);
     char *path = g_strdup("/var/tmp/layerfs-1020-XXXXXX");
@@ -41,6 +47,19 @@ static struct bc_dev *open_kind(const struct devkind *k, uint64_t size, char **p
     struct bc_dev *dev = tu_open(&bc_drv_file, path, false, true, NULL);
     g_test_message("O_DIRECT file %s, req_align %u", path, bc_dev_props(dev)->req_align);
     return dev;
+}
+
+/* With the checking driver: no driver request broke the contract (in particular no two
+ * overlapping writes were in flight together). */
+static void check_kind(const struct devkind *k, struct bc_dev *dev, const char *what)
+{
+    if (!k->check)
+        return;
+    struct tu_check_stats st;
+    tu_check_get(dev, &st);
+    if (st.violations)
+        g_test_fail_printf("%s: %" PRIu64 " driver contract violations; first: %s", what,
+                           st.violations, st.first_violation);
 }
 
 static void close_kind(struct bc_dev *dev, char *path)
@@ -126,6 +145,7 @@ static void test_strided(gconstpointer data)
     g_assert_cmpuint(st.rmw, >, 0);
     g_assert_cmpuint(st.blocker_waits, >, 0);   /* sector-sharing writes did wait */
     tu_model_free(&m);
+    check_kind(data, dev, "after the test");
     close_kind(dev, path);
     tu_loop_free(loop);
 }
@@ -179,6 +199,7 @@ static void test_random_sharing(gconstpointer data)
     }
     g_rand_free(rand);
     tu_model_free(&m);
+    check_kind(data, dev, "after the test");
     close_kind(dev, path);
     tu_loop_free(loop);
 }
@@ -216,6 +237,31 @@ static void test_unserialized_loses(void)
     g_assert_cmpuint(lost_bytes(dev, loop, &m), ==, 0);    /* and back on, it is fixed */
     tu_model_free(&m);
     bc_dev_close(dev);
+    tu_loop_free(loop);
+}
+
+/* The checking driver catches overlapping writes in flight when serialization is off
+ * (proof that the check-driver variants above can fail). */
+static void test_checker_power(void)
+{
+    enum { N = 64, STRIDE = 100 };
+    struct bc_loop *loop = tu_loop_new();
+    char *path;
+    struct bc_dev *dev = open_kind(&kind_check, 64u << 10, &path);
+    struct wr w[N];
+    struct tu_check_stats st;
+
+    bc_dev_set_serialize(dev, false);
+    make_strided(w, N, 1, STRIDE, 0);
+    submit_all(dev, loop, w, N, NULL);
+    free_writes(w, N);
+    tu_check_get(dev, &st);
+    g_test_message("unserialized: %" PRIu64 " violations, first: %s", st.violations,
+                   st.first_violation);
+    if (st.violations == 0)
+        g_test_fail_printf("with serialization off the checking driver saw no overlapping "
+                           "writes: the check-driver tests lost their power");
+    close_kind(dev, path);
     tu_loop_free(loop);
 }
 
@@ -421,6 +467,7 @@ static void test_threads(gconstpointer data)
     g_test_message("threads: blocker waits %" PRIu64 ", rmw %" PRIu64, st.blocker_waits,
                    st.rmw);
     g_assert_cmpuint(bad, ==, 0);
+    check_kind(data, dev, "after the test");
     close_kind(dev, path);
     tu_loop_free(loop);
 }
@@ -435,6 +482,11 @@ int main(int argc, char **argv)
     g_test_add_func("/concurrency/aligned-vs-rmw", test_aligned_vs_rmw);
     g_test_add_data_func("/concurrency/threads-one-dev", &kind_ram, test_threads);
     g_test_add_data_func("/concurrency/threads-one-sector", &kind_ram_1byte, test_threads);
+    g_test_add_data_func("/concurrency/checked/strided-100", &kind_check, test_strided);
+    g_test_add_data_func("/concurrency/checked/random-sharing", &kind_check,
+                         test_random_sharing);
+    g_test_add_data_func("/concurrency/checked/threads-one-dev", &kind_check, test_threads);
+    g_test_add_func("/concurrency/checked/power", test_checker_power);
     g_test_add_data_func("/concurrency/file/strided-100", &kind_file, test_strided);
     g_test_add_data_func("/concurrency/file/random-sharing", &kind_file, test_random_sharing);
     g_test_add_data_func("/concurrency/file/threads-one-dev", &kind_file, test_threads);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "t/unit/check-drv.h"
 #include "t/unit/test-util.h"
 
 enum op_kind { K_READ, K_WRITE, K_ZERO, K_DISCARD, K_FLUSH };
@@ -252,13 +253,50 @@ static void run_batch(struct run *r, unsigned *seq, int n)
     g_free(ops);
 }
 
+enum { DRV_RAM, DRV_CHECK, DRV_CHECK_NO_FUA };
+
 struct model_cfg {
     const char *name;
     uint64_t size;
     uint32_t align, mem_align, max_transfer;
     int ops;
     guint32 seed;
+    int drv;                /* DRV_*: ram, or the checking driver over ram */
 };
+
+static struct bc_dev *open_cfg(const struct model_cfg *c)
+{
+    if (c->drv == DRV_RAM)
+        return tu_open_ram(c->size, c->align, c->mem_align, c->max_transfer);
+    g_autofree char *s = g_strdup_printf("%" PRIu64, c->size);
+    g_autofree char *a = g_strdup_printf("%" PRIu32, c->align);
+    g_autofree char *ma = g_strdup_printf("%" PRIu32, c->mem_align);
+    g_autofree char *mt = g_strdup_printf("%" PRIu32, c->max_transfer);
+    struct bc_dev *dev = tu_open(&tu_drv_check, NULL, false, false, "size", s, "align", a,
+                                 "mem-align", ma, "max-transfer", mt, "fua-native",
+                                 c->drv == DRV_CHECK_NO_FUA ? "0" : "1", NULL);
+    g_assert_cmpuint(bc_dev_props(dev)->fua_native, ==, c->drv != DRV_CHECK_NO_FUA);
+    return dev;
+}
+
+/* The checking driver saw nothing the engine promised it would not send. */
+static void check_contract(const struct model_cfg *c, struct bc_dev *dev)
+{
+    if (c->drv == DRV_RAM)
+        return;
+    struct tu_check_stats st;
+    tu_check_get(dev, &st);
+    g_test_message("%s: driver saw %" PRIu64 " reads, %" PRIu64 " writes (%" PRIu64 " FUA), %"
+                   PRIu64 " flushes, %" PRIu64 " write-zeroes, %" PRIu64 " discards", c->name,
+                   st.requests[BC_OP_READ], st.requests[BC_OP_WRITE], st.fua_flags,
+                   st.requests[BC_OP_FLUSH], st.requests[BC_OP_WRITE_ZEROES],
+                   st.requests[BC_OP_DISCARD]);
+    if (st.violations)
+        g_test_fail_printf("%s: %" PRIu64 " driver contract violations; first: %s", c->name,
+                           st.violations, st.first_violation);
+    if (c->drv == DRV_CHECK_NO_FUA)
+        g_assert_cmpuint(st.fua_flags, ==, 0);
+}
 
 static void model_run(gconstpointer data)
 {
@@ -267,7 +305,7 @@ static void model_run(gconstpointer data)
                      .mem_align = c->mem_align, .max_transfer = c->max_transfer };
 
     r.loop = tu_loop_new();
-    r.dev = tu_open_ram(c->size, c->align, c->mem_align, c->max_transfer);
+    r.dev = open_cfg(c);
     guint32 seed = tu_seed(c->seed);
     r.rand = g_rand_new_with_seed(seed);
 
@@ -307,6 +345,7 @@ static void model_run(gconstpointer data)
     bc_bounce_usage(&in_use, &peak);
     g_assert_cmpuint(in_use, ==, 0);                   /* every bounce buffer came back */
 
+    check_contract(c, r.dev);
     g_rand_free(r.rand);
     tu_model_free(&r.model);
     bc_dev_close(r.dev);
@@ -319,7 +358,7 @@ static void edge_run(gconstpointer data)
 {
     const struct model_cfg *c = data;
     struct bc_loop *loop = tu_loop_new();
-    struct bc_dev *dev = tu_open_ram(c->size, c->align, c->mem_align, c->max_transfer);
+    struct bc_dev *dev = open_cfg(c);
     const uint64_t S = c->size, A = c->align, MT = c->max_transfer;
     struct tu_model m;
     GRand *rand = g_rand_new_with_seed(c->seed);
@@ -451,6 +490,7 @@ static void edge_run(gconstpointer data)
     g_assert_cmpuint(pnum, >, 0);
     g_assert_true(tu_model_verify_dev(&m, dev, loop, "after block status checks"));
 
+    check_contract(c, dev);
     g_rand_free(rand);
     tu_model_free(&m);
     bc_dev_close(dev);
@@ -481,6 +521,71 @@ static void test_null(void)
     tu_buf_free(&b);
     bc_dev_close(dev);
     tu_loop_free(loop);
+}
+
+/* FUA: a driver without native FUA gets the write(s) without the flag and then a flush,
+ * issued after the last write completed and finished before the caller hears back; a
+ * driver with native FUA gets the flag and no flush.  Write-zeroes with FUA flushes. */
+static void fua_case(bool native, bool zeroes, uint64_t off, uint64_t len)
+{
+    const struct model_cfg c = { "fua", 1u << 20, 4096, 4096, 16u << 10, 0, 0,
+                                 native ? DRV_CHECK : DRV_CHECK_NO_FUA };
+    struct bc_loop *loop = tu_loop_new();
+    struct bc_dev *dev = open_cfg(&c);
+    g_autofree uint8_t *buf = g_malloc0(len);
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    struct tu_check_stats st;
+    g_autofree char *what = g_strdup_printf("%s FUA %s of [%" PRIu64 ", +%" PRIu64 ")",
+                                            native ? "native" : "emulated",
+                                            zeroes ? "write-zeroes" : "write", off, len);
+
+    tu_check_log_reset(dev);
+    int r = zeroes ? tu_zero(dev, loop, off, len, BC_REQ_FUA)
+                   : tu_pwritev(dev, loop, &iov, 1, off, BC_REQ_FUA);
+    g_assert_cmpint(r, ==, 0);
+    tu_check_get(dev, &st);
+    g_assert_cmpuint(st.violations, ==, 0);
+    g_assert_cmpuint(st.nlog, <, TU_CHECK_LOG);
+
+    int last_write_done = -1, flush_submit = -1, flush_done = -1, writes_with_fua = 0;
+    for (unsigned i = 0; i < st.nlog; i++) {
+        const struct tu_check_event *e = &st.log[i];
+        if ((e->op == BC_OP_WRITE || e->op == BC_OP_WRITE_ZEROES) && e->done)
+            last_write_done = (int)i;
+        if (e->op == BC_OP_WRITE && !e->done && (e->flags & BC_REQ_FUA))
+            writes_with_fua++;
+        if (e->op == BC_OP_FLUSH && !e->done && flush_submit < 0)
+            flush_submit = (int)i;
+        if (e->op == BC_OP_FLUSH && e->done)
+            flush_done = (int)i;
+    }
+    bool want_flush = !native || zeroes;
+    if (want_flush) {
+        if (flush_submit < 0 || flush_done < 0)
+            g_test_fail_printf("%s: no flush reached the driver", what);
+        else if (flush_submit < last_write_done)
+            g_test_fail_printf("%s: the flush was sent before the write completed", what);
+        if (!zeroes && writes_with_fua)
+            g_test_fail_printf("%s: the driver got BC_REQ_FUA it cannot honour", what);
+    } else {
+        if (flush_submit >= 0)
+            g_test_fail_printf("%s: a flush although the driver does FUA itself", what);
+        if (!writes_with_fua)
+            g_test_fail_printf("%s: no driver write carried BC_REQ_FUA", what);
+    }
+    bc_dev_close(dev);
+    tu_loop_free(loop);
+}
+
+static void test_fua(void)
+{
+    for (int native = 0; native < 2; native++) {
+        fua_case(native, false, 8192, 8192);            /* direct path */
+        fua_case(native, false, 100, 300);              /* RMW */
+        fua_case(native, false, 4095, 40000);           /* several chunks */
+        fua_case(native, true, 8192, 65536);            /* efficient write-zeroes */
+        fua_case(native, true, 10, 5000);               /* zero buffers */
+    }
 }
 
 /* ---- the small helpers the engine is built on ----------------------------------------- */
@@ -579,6 +684,13 @@ int main(int argc, char **argv)
         { "align512-mem4096",    (2u << 20) + 1000, 512,  4096, 64u << 10, 2000, 1012 },
         { "align4096-mem512",    (2u << 20) + 1000, 4096, 512,  32u << 10, 2000, 1013 },
         { "align4096-odd-size",  (1u << 20) + 1000, 4096, 4096, 16u << 10, 2000, 1014 },
+        /* The same through the checking driver, with and without native FUA. */
+        { "checked-512",         (2u << 20) + 1000, 512,  512,  64u << 10, 2000, 1016,
+          DRV_CHECK_NO_FUA },
+        { "checked-4096-mem512", (2u << 20) + 1000, 4096, 512,  32u << 10, 2000, 1017,
+          DRV_CHECK },
+        { "checked-512-mem4096", (1u << 20) + 1000, 512,  4096, 16u << 10, 2000, 1018,
+          DRV_CHECK_NO_FUA },
     };
     tu_init(&argc, &argv, 150);
     for (size_t i = 0; i < G_N_ELEMENTS(cfgs); i++) {
@@ -589,6 +701,7 @@ int main(int argc, char **argv)
     }
     g_test_add_func("/model/null-driver", test_null);
     g_test_add_func("/model/offset-overflow", test_offset_overflow);
+    g_test_add_func("/model/fua", test_fua);
     g_test_add_func("/helpers/iov", test_iov_helpers);
     g_test_add_func("/helpers/parse-size", test_parse_size);
     return g_test_run();
