@@ -245,6 +245,40 @@ static void fo_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
     fo_reply_err(req, 0);
 }
 
+/* The set of files is the configuration's: nothing is created, removed or renamed. */
+static void fo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+                      struct fuse_file_info *fi)
+{
+    fo_reply_err(req, -EPERM);
+}
+
+static void fo_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+                     dev_t rdev)
+{
+    fo_reply_err(req, -EPERM);
+}
+
+static void fo_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+    fo_reply_err(req, -EPERM);
+}
+
+static void fo_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    fo_reply_err(req, -EPERM);
+}
+
+static void fo_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    fo_reply_err(req, -EPERM);
+}
+
+static void fo_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+                      fuse_ino_t newparent, const char *newname, unsigned int flags)
+{
+    fo_reply_err(req, -EPERM);
+}
+
 /* ---- files -------------------------------------------------------------------------- */
 
 static void fo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -344,6 +378,11 @@ static void fo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     if ((uint64_t)off >= disk->size) {
         fo_reply_err(req, size == 0 ? 0 : -ENOSPC);
         return;
+    }
+    if (((uintptr_t)buf & 4095) != 0 && size >= 4096) {
+        static atomic_bool said;
+        if (!atomic_exchange(&said, true))
+            fo_log(1, "WRITE payload is not page-aligned (%p): O_DIRECT will bounce", buf);
     }
     struct fo_io *io = fo_io_get(req, disk);
     io->len = MIN((uint64_t)size, disk->size - off);
@@ -495,6 +534,12 @@ const struct fuse_lowlevel_ops fo_ops = {
     .opendir = fo_opendir,
     .readdir = fo_readdir,
     .releasedir = fo_releasedir,
+    .create = fo_create,
+    .mknod = fo_mknod,
+    .mkdir = fo_mkdir,
+    .unlink = fo_unlink,
+    .rmdir = fo_rmdir,
+    .rename = fo_rename,
     .fsyncdir = fo_fsyncdir,
     .open = fo_open,
     .read = fo_read,

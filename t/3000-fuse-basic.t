@@ -31,7 +31,10 @@ like "$(stat -c '%o' "$MNT/a")" "^[0-9]+$" "st_blksize reported"
 is "$(stat -c '%b' "$MNT/a")" "16384" "st_blocks counts 512-byte units of the size"
 is "$(stat -c '%F' "$MNT")" "directory" "the mountpoint is a directory"
 not_ok_cmd "lookup of a missing name fails" stat "$MNT/nope"
-not_ok_cmd "cannot create files in the directory" touch "$MNT/new"
+like "$(touch "$MNT/new" 2>&1)" "Operation not permitted" "cannot create files: EPERM"
+like "$(rm -f "$MNT/a" 2>&1)" "Operation not permitted" "cannot remove a disk: EPERM"
+like "$(mv "$MNT/a" "$MNT/z" 2>&1)" "Operation not permitted" "cannot rename a disk: EPERM"
+like "$(mkdir "$MNT/dir" 2>&1)" "Operation not permitted" "cannot make directories: EPERM"
 
 # Reads and writes round-trip; the backing file sees them.
 head -c 100000 /dev/urandom >"$SCRATCH/data"
