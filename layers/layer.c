@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: MIT */
+/* Helpers the layer formats and layerfs-img share: deferred completions, running a request
+ * synchronously on a loop (setup paths only), opening a layer's device. */
+#include <errno.h>
+#include <string.h>
+
+#include "layers/layer.h"
+
+struct lf_late {
+    struct bc_task task;
+    bc_cb *cb;
+    void *opaque;
+    int res;
+};
+
+static void late_run(struct bc_task *task)
+{
+    struct lf_late *l = (struct lf_late *)task;
+    bc_cb *cb = l->cb;
+    void *opaque = l->opaque;
+    int res = l->res;
+
+    g_free(l);
+    cb(opaque, res);
+}
+
+void layer_complete_later(struct bc_loop *loop, bc_cb *cb, void *opaque, int res)
+{
+    struct lf_late *l = g_new0(struct lf_late, 1);
+
+    l->task.fn = late_run;
+    l->cb = cb;
+    l->opaque = opaque;
+    l->res = res;
+    bc_loop_defer(loop, &l->task);
+}
+
+bool layer_sync_begin(struct layer_sync *s, GError **errp)
+{
+    memset(s, 0, sizeof(*s));
+    s->loop = bc_loop_current();
+    if (s->loop == NULL) {
+        s->own = bc_loop_new(0, 64, errp);
+        if (s->own == NULL)
+            return false;
+        s->loop = s->own;
+    }
+    return true;
+}
+
+void layer_sync_end(struct layer_sync *s)
+{
+    if (s->own != NULL)
+        bc_loop_free(s->own);
+    s->own = NULL;
+    s->loop = NULL;
+}
+
+void layer_sync_cb(void *opaque, int res)
+{
+    struct layer_sync *s = opaque;
+
+    s->res = res;
+    s->done = true;
+}
+
+int layer_sync_wait(struct layer_sync *s)
+{
+    while (!s->done) {
+        int r = bc_loop_run_once(s->loop, true);
+        if (r < 0 && r != -EINTR && r != -EAGAIN && r != -ETIME)
+            return r;
+    }
+    s->done = false;
+    return s->res;
+}
+
+struct bc_dev *layer_open_dev(const struct lf_layer_cfg *cfg, bool read_only, bool direct,
+                              GError **errp)
+{
+    const char *dname = cfg->driver ? cfg->driver : "file";
+    const struct bc_driver *drv = bc_driver_find(dname);
+
+    if (drv == NULL) {
+        g_set_error(errp, LF_ERROR, EINVAL, "%s:driver: unknown driver '%s' (known: %s)",
+                    cfg->origin ? cfg->origin : cfg->name, dname, bc_driver_names());
+        return NULL;
+    }
+    g_autofree char *what = g_strdup_printf("layer %s", cfg->name);
+    struct bc_open_args args = {
+        .what = what,
+        .path = cfg->path,
+        .read_only = read_only,
+        .direct = direct,
+        .opts = cfg->driver_opts,
+    };
+    return bc_dev_open(drv, &args, errp);
+}
