@@ -9,15 +9,16 @@
 #define POOL_PAGE 4096u            /* bounce pool granule */
 #define MAX_TRANSFER_CAP (1u << 20) /* largest request we report */
 
-/* A loop watching an fd for the core: a queue's call eventfd or the death fd.  Never freed
- * while a ring may still deliver it: bc_vblk_free() orphans it (q and b NULL, under lock). */
+/* A loop watching a queue's call eventfd and the transport's death fd (if any), set up on
+ * the loop's first request.  Never freed while a ring may still deliver it: bc_vblk_free()
+ * orphans it (q NULL, under lock). */
 struct vblk_watch {
-    struct bc_uop uop;
-    GMutex lock;                /* protects q and b against bc_vblk_free() */
-    struct vblk_queue *q;       /* call watch: the queue, NULL once orphaned */
-    struct bc_vblk *b;          /* death watch: the core, NULL once orphaned */
+    struct bc_uop uop;          /* call_fd readable */
+    struct bc_uop death_uop;    /* death_fd readable */
+    GMutex lock;                /* protects q against bc_vblk_free() */
+    struct vblk_queue *q;       /* NULL once orphaned */
     struct bc_loop *loop;
-    int fd;
+    int call_fd, death_fd;
     struct vblk_watch *next;    /* queue's watch list, then the orphan list */
 };
 
@@ -54,9 +55,6 @@ struct bc_vblk {
     uint64_t *bitmap;           /* 1 = page in use */
     size_t hint;
     struct bc_task *pool_head, **pool_tail; /* dreqs waiting for bounce memory, FIFO */
-
-    GMutex death_lock;          /* protects death_watch */
-    struct vblk_watch *death_watch;
 };
 
 enum { PH_IO, PH_FUA_FLUSH, PH_DWZ };

@@ -146,7 +146,6 @@ struct bc_vblk *bc_vblk_new(const struct bc_vblk_args *a, const struct bc_props 
         q->b = b;
     }
     g_mutex_init(&b->pool_lock);
-    g_mutex_init(&b->death_lock);
     b->pool = p;
     b->pool_pages = pool_bytes / POOL_PAGE;
     b->bitmap = g_new0(uint64_t, (b->pool_pages + 63) / 64);
@@ -166,7 +165,6 @@ static void orphan(struct vblk_watch *w)
 {
     g_mutex_lock(&w->lock);
     w->q = NULL;
-    w->b = NULL;
     g_mutex_unlock(&w->lock);
     g_mutex_lock(&orphan_lock);
     w->next = orphans;
@@ -190,10 +188,7 @@ void bc_vblk_free(struct bc_vblk *b)
         bc_vq_destroy(&q->vq);
         g_mutex_clear(&q->lock);
     }
-    if (b->death_watch)
-        orphan(b->death_watch);
     g_mutex_clear(&b->pool_lock);
-    g_mutex_clear(&b->death_lock);
     g_free(b->bitmap);
     g_free(b->q);
     g_free(b->what);

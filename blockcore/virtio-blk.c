@@ -273,7 +273,7 @@ static void watch_death_done(struct bc_uop *uop, int res, unsigned flags);
 /* Make the current loop (d's) watch q's call eventfd and the death fd. */
 static void ensure_watches(struct bc_vblk *b, struct vblk_queue *q, struct bc_loop *loop)
 {
-    struct vblk_watch *w, *nw = NULL, *dw = NULL;
+    struct vblk_watch *w, *nw = NULL;
 
     g_mutex_lock(&q->lock);
     for (w = q->watches; w; w = w->next)
@@ -283,31 +283,20 @@ static void ensure_watches(struct bc_vblk *b, struct vblk_queue *q, struct bc_lo
         nw = g_new0(struct vblk_watch, 1);
         g_mutex_init(&nw->lock);
         nw->uop.done = watch_call_done;
+        nw->death_uop.done = watch_death_done;
         nw->q = q;
         nw->loop = loop;
-        nw->fd = q->call_fd;
+        nw->call_fd = q->call_fd;
+        nw->death_fd = b->ops->death_fd;
         nw->next = q->watches;
         q->watches = nw;
     }
     g_mutex_unlock(&q->lock);
-    if (nw)
-        bc_loop_watch_fd(loop, &nw->uop, nw->fd);
-
-    if (b->ops->death_fd < 0 || __atomic_load_n(&b->death_watch, __ATOMIC_ACQUIRE))
-        return;
-    g_mutex_lock(&b->death_lock);
-    if (!b->death_watch) {
-        dw = g_new0(struct vblk_watch, 1);
-        g_mutex_init(&dw->lock);
-        dw->uop.done = watch_death_done;
-        dw->b = b;
-        dw->loop = loop;
-        dw->fd = b->ops->death_fd;
-        __atomic_store_n(&b->death_watch, dw, __ATOMIC_RELEASE);
+    if (nw) {
+        bc_loop_watch_fd(loop, &nw->uop, nw->call_fd);
+        if (nw->death_fd >= 0)
+            bc_loop_watch_fd(loop, &nw->death_uop, nw->death_fd);
     }
-    g_mutex_unlock(&b->death_lock);
-    if (dw)
-        bc_loop_watch_fd(loop, &dw->uop, dw->fd);
 }
 
 static void submit_task(struct bc_task *t)
@@ -456,19 +445,19 @@ static void deliver(struct bc_vblk *b, struct bc_task *done)
     }
 }
 
-static void rearm(struct vblk_watch *w, int res, unsigned flags)
+/* A multishot poll that ended (no IORING_CQE_F_MORE) is armed again. */
+static void rearm(struct vblk_watch *w, struct bc_uop *uop, int fd, int res, unsigned flags)
 {
     if (!(flags & IORING_CQE_F_MORE) && res != -ECANCELED)
-        bc_loop_watch_fd(w->loop, &w->uop, w->fd);
+        bc_loop_watch_fd(w->loop, uop, fd);
 }
 
 static void watch_call_done(struct bc_uop *uop, int res, unsigned flags)
 {
-    struct vblk_watch *w = (struct vblk_watch *)uop;
-    uint64_t v;
-
+    struct vblk_watch *w = (struct vblk_watch *)((char *)uop - offsetof(struct vblk_watch, uop));
     struct bc_task *done = NULL;
     struct bc_vblk *b = NULL;
+    uint64_t v;
 
     /* The watch lock keeps bc_vblk_free() from freeing the queue while we reap.  It is
      * dropped before done() runs: a done() may close the device, which orphans w. */
@@ -477,7 +466,7 @@ static void watch_call_done(struct bc_uop *uop, int res, unsigned flags)
         struct vblk_queue *q = w->q;
         ssize_t r = read(q->call_fd, &v, sizeof(v));
         (void)r;    /* EAGAIN: another loop drained it; reap anyway */
-        rearm(w, res, flags);
+        rearm(w, uop, w->call_fd, res, flags);
         b = q->b;
         done = process_queue(b, q);
     }
@@ -487,16 +476,19 @@ static void watch_call_done(struct bc_uop *uop, int res, unsigned flags)
 
 static void watch_death_done(struct bc_uop *uop, int res, unsigned flags)
 {
-    struct vblk_watch *w = (struct vblk_watch *)uop;
+    struct vblk_watch *w =
+        (struct vblk_watch *)((char *)uop - offsetof(struct vblk_watch, death_uop));
 
+    /* Every loop watches; the first to see the device gone kills it (kill is idempotent
+     * and completes requests on their own loops, never here). */
     g_mutex_lock(&w->lock);
-    if (w->b) {
-        struct bc_vblk *b = w->b;
+    if (w->q && !__atomic_load_n(&w->q->b->dead, __ATOMIC_ACQUIRE)) {
+        struct bc_vblk *b = w->q->b;
         if (!b->ops->alive(b->t)) {
             g_warning("%s: virtio-blk device is gone; failing all I/O", b->what);
             bc_vblk_kill(b);
         } else {
-            rearm(w, res, flags);
+            rearm(w, uop, w->death_fd, res, flags);
         }
     }
     g_mutex_unlock(&w->lock);
