@@ -131,6 +131,17 @@ ok "--demo: writable" dd if=/dev/urandom of="$MNT/demo" bs=4096 count=4 seek=100
 stop_daemon
 is "$DAEMON_STATUS" "0" "--demo: clean exit"
 
+# --read-only makes every disk read-only; the other options are taken.
+start_daemon "$MNT" --read-only -t 3 --bounce-budget 1M --cache=page -v \
+    --disk "a=$SCRATCH/a.img" || exit 1
+is "$(stat -c '%a' "$MNT/a")" "400" "--read-only: mode 0400"
+not_ok_cmd "--read-only: writes refused" dd if=/dev/zero of="$MNT/a" bs=512 count=1 \
+    conv=notrunc status=none
+ok "--read-only: reads work" dd if="$MNT/a" of=/dev/null bs=1M status=none
+stop_daemon
+is "$DAEMON_STATUS" "0" "--read-only: clean exit"
+like "$(cat "$SCRATCH/layerfs.log")" "serving 1 disk\(s\) .* with 3 I/O thread" "-v logs the setup"
+
 # Without -f: the parent exits 0 once the mount serves; the pidfile names the daemon.
 "$LAYERFS" --pidfile "$SCRATCH/bg.pid" --disk "a=$SCRATCH/a.img" "$MNT"
 is "$?" "0" "daemonized start returns 0"
