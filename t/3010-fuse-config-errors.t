@@ -110,6 +110,12 @@ fails "--disk bad boolean" "^layerfs: --disk x:layer 1:read-only: not a boolean"
 fails "--disk bad name" "^layerfs: --disk a/b: bad disk name" --disk "a/b=$SCRATCH/a.img" "$MNT"
 fails "--disk missing image" "^layerfs: .*nope.img" --disk "x=$SCRATCH/nope.img" "$MNT"
 
+# Without -f the error is found after forking: the parent still exits 2.
+err=$(timeout 20 "$LAYERFS" --disk "x=$SCRATCH/nope.img" "$MNT" 2>&1); rc=$?
+is "$rc" "2" "daemonizing, missing image: the parent exits 2"
+like "$err" "^layerfs: .*nope.img" "daemonizing, missing image: message"
+ok "daemonizing, missing image: nothing mounted" sh -c "! mountpoint -q '$MNT'"
+
 # The command line and the mountpoint.
 fails "no disks" "^layerfs: no disks" "$MNT"
 fails "no mountpoint" "^layerfs: no MOUNTPOINT" --disk "x=$SCRATCH/a.img"
