@@ -1,18 +1,22 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
-# blockcore file driver: O_DIRECT on ext4, tmpfs, read-only, loop devices (GTest, see
-# t/unit/bc-file.c).  Detaches loop devices a crashed run left behind.
+# blockcore file driver: O_DIRECT on ext4, tmpfs, read-only, loop devices.
+# GTest program t/unit/bc-file.c; LAYERFS_TEST_SEED overrides its seeds.
 bin="${LAYERFS_BUILDDIR:-$(dirname "$0")/..}/t/bin/bc-file"
+# This run's scratch directory (on /var/tmp: it must be a disk file system), so that
+# the clean-up below touches only this run's loop devices, not a concurrent run's.
+dir=$(mktemp -d /var/tmp/layerfs-1050-XXXXXX) || { echo "1..0 # SKIP no /var/tmp"; exit 0; }
 # GTest prints "Bail out!" when an assertion fails, which would stop prove's whole run;
 # turn it into a comment so that only this file fails (its exit status still says so).
 exec 3>&1
-rc=$({ { "$bin" --tap --keep-going; echo $? >&4; } | sed 's/^Bail out!/# Bail out!/' >&3; } 4>&1)
-if command -v losetup >/dev/null 2>&1; then
-    for img in /var/tmp/layerfs-1050-*/loop-*.img; do
-        [ -e "$img" ] || continue
-        losetup -j "$img" 2>/dev/null | cut -d: -f1 | while read -r dev; do
-            losetup -d "$dev" 2>/dev/null
-        done
+rc=$({ { LAYERFS_1050_SCRATCH=$dir "$bin" --tap --keep-going; echo $? >&4; } |
+       sed 's/^Bail out!/# Bail out!/' >&3; } 4>&1)
+# Detach loop devices an aborted run left behind on this run's images.
+for img in "$dir"/loop-*.img; do
+    [ -e "$img" ] || continue
+    losetup -j "$img" 2>/dev/null | cut -d: -f1 | while read -r dev; do
+        losetup -d "$dev" 2>/dev/null
     done
-fi
-exit $rc
+done
+rmdir "$dir" 2>/dev/null    # kept (with its files) when a check failed
+exit "$rc"
