@@ -212,10 +212,22 @@ static void st_zero(void *store, struct bc_loop *loop, uint64_t offset, uint64_t
     bc_dev_write_zeroes(o->f.dev, loop, o->f.h.data_off + offset, len, flags, cb, opaque);
 }
 
+/* Absent blocks' data is never read: write zeroes with unmap frees their space (zeros, not
+ * an advisory discard, so that a bit still set on disk after a crash shows zeros). */
+static void st_punch(void *store, struct bc_loop *loop, uint64_t offset, uint64_t len,
+                     bc_cb *cb, void *opaque)
+{
+    struct ovl *o = store;
+
+    bc_dev_write_zeroes(o->f.dev, loop, o->f.h.data_off + offset, len, BC_REQ_MAY_UNMAP, cb,
+                        opaque);
+}
+
 static const struct sparse_store_ops ovl_store = {
     .read = st_read,
     .write = st_write,
     .zero = st_zero,
+    .punch = st_punch,
 };
 
 /* ---- flush cycles -------------------------------------------------------------------- */

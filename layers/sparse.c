@@ -15,6 +15,7 @@ struct sp_seg {
     void *buf;              /* copy-up buffer of one block, or NULL */
     uint64_t blk;           /* the block a copy-up buffer holds */
     bool zero;              /* store zero instead of write */
+    bool punch;             /* give back the space of dropped blocks */
     bool mark;              /* mark [offset, offset+len) present on success */
 };
 
@@ -237,6 +238,8 @@ static void op_write(struct sp_op *op)
                 one->iov_len = sp->bs;
                 sp->ops->write(sp->store, op->loop, one, 1, bstart,
                                op->flags & BC_REQ_FUA, op_write_done, op);
+            } else if (s->punch) {
+                sp->ops->punch(sp->store, op->loop, s->offset, s->len, op_write_done, op);
             } else if (s->zero) {
                 sp->ops->zero(sp->store, op->loop, s->offset, s->len,
                               op->flags & (BC_REQ_FUA | BC_REQ_MAY_UNMAP), op_write_done, op);
@@ -347,6 +350,8 @@ static void plan(struct sp_op *op)
             set_bits(sp, b, e, false);
             if (sp->ops->dropped != NULL)
                 sp->ops->dropped(sp->store, b, e);
+            if (sp->ops->punch != NULL)
+                add_seg(op, (struct sp_seg){ .offset = off, .len = len, .punch = true });
             break;
         }
         b = e;

@@ -38,6 +38,11 @@ struct sparse_store_ops {
                  unsigned flags, bc_cb *cb, void *opaque);
     /* Optional: blocks [b0, b1) became absent (the store may free them); under sp->lock. */
     void (*dropped)(void *store, uint64_t b0, uint64_t b1);
+    /* Optional: give back the space of absent blocks at [offset, offset+len); the range
+     * must read as zeros afterwards (a crash before the next flush may still show the
+     * blocks present).  Runs under the operation's range lock. */
+    void (*punch)(void *store, struct bc_loop *loop, uint64_t offset, uint64_t len,
+                  bc_cb *cb, void *opaque);
 };
 
 #define SPARSE_PAGE 4096u   /* bitmap bytes per dirty-tracking page */

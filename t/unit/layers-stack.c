@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "layers/overlay-format.h"
@@ -250,7 +251,12 @@ static void test_unmap(void)
     g_assert_cmpint(lt_write(d, loop, buf, MIB, MIB, 0), ==, 0);
     uint64_t n;
     g_assert_cmpint(lf_disk_map(d, MIB, MIB, &n), ==, 0);
+    struct stat st0, st1;
+    g_assert_cmpint(stat(cpath, &st0), ==, 0);
     g_assert_cmpint(lt_zero(d, loop, MIB, MIB, BC_REQ_MAY_UNMAP), ==, 0);
+    /* The dropped blocks' space went back to the file system. */
+    g_assert_cmpint(stat(cpath, &st1), ==, 0);
+    g_assert_cmpint((int64_t)st0.st_blocks - (int64_t)st1.st_blocks, >=, (int64_t)(MIB / 512));
     g_assert_cmpint(lf_disk_map(d, MIB, MIB, &n), ==, 1);   /* dropped: served by base */
     g_assert_cmpint(lt_read(d, loop, buf, MIB, MIB), ==, 0);
     g_assert_true(tu_cmp(buf, zero, MIB, MIB, "after unmap"));
