@@ -64,6 +64,10 @@ if [ -c /dev/fuse ] && command -v fusermount3 >/dev/null; then
     dd if=/dev/urandom of="$S/mnt/d" bs=1M seek=6 count=1 conv=notrunc,fsync status=none
     fallocate -p -o $((7 << 20)) -l 65536 "$S/mnt/d" 2>/dev/null
     cp "$S/mnt/d" "$S/view"
+    out=$("$IMG" check "$S/top.ovl" 2>&1)
+    like "$out" "in use" "check refuses an overlay layerfs uses"
+    not_ok_cmd "commit refuses an overlay layerfs uses" "$IMG" commit "$S/top.ovl" "$S/base.raw"
+    like "$("$IMG" info "$S/top.ovl")" "state: +dirty" "info works on it and says dirty"
     stop_daemon
     is "$DAEMON_STATUS" 0 "layerfs exits 0"
     cmp_file "$S/base.raw" "$S/base.orig" "the read-only base is untouched"
