@@ -22,6 +22,24 @@ static uint32_t pow2_ceil(uint64_t v)
     return p;
 }
 
+/* Bytes per data descriptor: size_max when the device sets it, capped at 1 GiB.  The same
+ * numbers bound max_transfer and cut requests, so a request always fits. */
+static uint32_t vblk_seg_len(uint64_t features, const struct bc_vblk_config *cfg)
+{
+    uint32_t l = features & (1ull << VIRTIO_BLK_F_SIZE_MAX) && cfg->size_max ? cfg->size_max
+                                                                               : UINT32_MAX;
+    return MIN(l, 1u << 30);
+}
+
+/* Data descriptors per request: seg_max, and what fits next to header and status. */
+static uint32_t vblk_max_segs(uint64_t features, const struct bc_vblk_config *cfg,
+                              unsigned queue_size)
+{
+    uint32_t n = features & (1ull << VIRTIO_BLK_F_SEG_MAX) && cfg->seg_max ? cfg->seg_max
+                                                                            : queue_size;
+    return MIN(n, queue_size - 2);
+}
+
 /* ---- properties -------------------------------------------------------------------- */
 
 bool bc_vblk_props(const char *what, uint64_t features, const struct bc_vblk_config *cfg,
@@ -44,12 +62,9 @@ bool bc_vblk_props(const char *what, uint64_t features, const struct bc_vblk_con
 
     /* max_transfer from size_max/seg_max, and what fits in the queue without indirect
      * descriptors (header and status take two). */
-    uint64_t seg_len = features & (1ull << VIRTIO_BLK_F_SIZE_MAX) && cfg->size_max
-                           ? cfg->size_max : UINT32_MAX;
-    uint64_t segs = features & (1ull << VIRTIO_BLK_F_SEG_MAX) && cfg->seg_max
-                        ? cfg->seg_max : queue_size;
-    segs = MIN(segs, (uint64_t)queue_size - 2);
-    if (seg_len < POOL_PAGE || segs < 1) {
+    uint64_t seg_len = vblk_seg_len(features, cfg);
+    uint64_t segs = vblk_max_segs(features, cfg, queue_size);
+    if (seg_len < 512 || segs < 1) {
         g_set_error(errp, BC_ERROR, EINVAL,
                     "%s: device limits too small (size_max %u, seg_max %u, queue size %u)",
                     what, cfg->size_max, cfg->seg_max, queue_size);
@@ -114,12 +129,8 @@ struct bc_vblk *bc_vblk_new(const struct bc_vblk_args *a, const struct bc_props 
     b->ops = a->ops;
     b->t = a->t;
     b->nq = a->num_queues;
-    b->seg_len = vblk_has(b, VIRTIO_BLK_F_SIZE_MAX) && a->cfg->size_max ? a->cfg->size_max
-                                                                     : UINT32_MAX;
-    b->seg_len = MIN(b->seg_len, 1u << 30) / POOL_PAGE * POOL_PAGE;
-    b->max_segs = vblk_has(b, VIRTIO_BLK_F_SEG_MAX) && a->cfg->seg_max ? a->cfg->seg_max
-                                                                   : a->queue_size;
-    b->max_segs = MIN(b->max_segs, a->queue_size - 2);
+    b->seg_len = vblk_seg_len(a->features, a->cfg);
+    b->max_segs = vblk_max_segs(a->features, a->cfg, a->queue_size);
     uint64_t md = a->cfg->max_discard_sectors ? a->cfg->max_discard_sectors : UINT32_MAX;
     uint64_t mz = a->cfg->max_write_zeroes_sectors ? a->cfg->max_write_zeroes_sectors
                                                    : UINT32_MAX;
