@@ -107,7 +107,11 @@ run_case() {
     cmp_file "$SCRATCH/img" "$SCRATCH/ref" "$name: the backing file matches the reference"
 }
 
-run_case "direct cache, O_DIRECT backing" true
+run_case "direct cache, O_DIRECT backing" true -v
+# The aligned-payload trick: WRITE data lands page-aligned, so O_DIRECT needs no bounce.
+log=$(cat "$SCRATCH/layerfs.log")
+like "$log" "serving 1 disk" "verbose log present"
+ok "every WRITE payload was page-aligned" sh -c "! grep -q 'not page-aligned' '$SCRATCH/layerfs.log'"
 run_case "page cache, O_DIRECT backing" true --cache=page
 run_case "direct cache, buffered backing, 1 thread" false -t 1
 run_case "direct cache, 4 threads" true -t 4
