@@ -470,6 +470,49 @@ static void test_threads(void)
     rmdir_rf(dir);
 }
 
+/* Errors from below reach the caller and leave no half-made blocks: a failed copy-up
+ * fails the write and the block stays absent; a failed read fills no cache. */
+static void test_errors(void)
+{
+    g_autofree char *dir = tmpdir();
+    g_autofree char *opath = g_build_filename(dir, "top.ovl", NULL);
+    struct bc_loop *loop = bc_loop_current();
+    const uint64_t bad = 256 << 10;     /* the base fails reads of [256K, 320K) */
+    uint8_t buf[65536];
+    uint64_t n;
+
+    for (int ram = 0; ram < 2; ram++) {
+        struct lf_layer_cfg *top = ram ? lt_layer("top", "ram", NULL, NULL)
+                                       : lt_layer("top", "overlay", "file", opath);
+        top->create = !ram;
+        top->block_size = 65536;
+        top->read_cache = ram;
+        struct lf_layer_cfg *base = lt_layer("base", "raw", "fault", NULL);
+        lt_opt(base, "size", "1M");
+        lt_opt(base, "fault-read-offset", "256K");
+        lt_opt(base, "fault-len", "64K");
+        lt_opt(base, "fault-errno", "EIO");
+        struct lf_disk_cfg *cfg = lt_disk("err", false, top, base, NULL);
+        struct lf_disk *d = open_ok(cfg);
+
+        g_assert_cmpint(lt_read(d, loop, buf, 4096, bad + 8192), ==, -EIO);
+        g_assert_cmpint(lf_disk_map(d, bad, 65536, &n), ==, 1);   /* nothing cached */
+        memset(buf, 0x77, sizeof(buf));
+        g_assert_cmpint(lt_write(d, loop, buf, 100, bad + 5, 0), ==, -EIO);
+        g_assert_cmpint(lf_disk_map(d, bad, 65536, &n), ==, 1);   /* still absent */
+        g_assert_cmpint(lt_read(d, loop, buf, 4096, 0), ==, 0);   /* the rest works */
+        memset(buf, 0x66, sizeof(buf));
+        g_assert_cmpint(lt_write(d, loop, buf, 65536, bad, 0), ==, 0);  /* no copy-up */
+        g_assert_cmpint(lf_disk_map(d, bad, 65536, &n), ==, 0);
+        uint8_t back[65536];
+        g_assert_cmpint(lt_read(d, loop, back, sizeof(back), bad), ==, 0);
+        g_assert_true(tu_cmp(back, buf, sizeof(back), bad, "block written over a bad range"));
+        g_assert_cmpint(lf_disk_close(d), ==, 0);
+        lt_disk_free(cfg);
+    }
+    rmdir_rf(dir);
+}
+
 int main(int argc, char **argv)
 {
     tu_init(&argc, &argv, 300);
@@ -481,6 +524,7 @@ int main(int argc, char **argv)
     g_test_add_func("/layers/unmap/next-is-zero", test_unmap);
     g_test_add_func("/layers/validate/bad-stacks", test_validate);
     g_test_add_func("/layers/threads/shared-blocks", test_threads);
+    g_test_add_func("/layers/errors/copy-up-and-fill", test_errors);
     int rc = g_test_run();
     bc_loop_free(loop);
     return rc;
