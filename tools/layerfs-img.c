@@ -87,6 +87,22 @@ struct opts {
     bool json, repair, force;
 };
 
+/* s as the inside of a JSON string: quotes, backslashes and control bytes escaped. */
+static char *json_str(const char *s)
+{
+    GString *g = g_string_new(NULL);
+
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            g_string_append_printf(g, "\\%c", *p);
+        else if (*p < 0x20 || *p == 0x7f)
+            g_string_append_printf(g, "\\u%04x", *p);
+        else
+            g_string_append_c(g, (char)*p);
+    }
+    return g_string_free(g, false);
+}
+
 /* ---- create ------------------------------------------------------------------------ */
 
 static uint64_t backing_size(const char *path, GError **errp)
@@ -147,7 +163,7 @@ static int cmd_info(const struct opts *o, int argc, char **argv, struct layer_sy
     uint64_t present = count_bits(f.bitmap, f.h.nblocks);
     bool dirty = f.h.flags & OVL_FLAG_DIRTY, commit = f.h.flags & OVL_FLAG_COMMIT;
     if (o->json) {
-        g_autofree char *path = g_strescape(argv[0], NULL);
+        g_autofree char *path = json_str(argv[0]);
         printf("{\"file\": \"%s\", \"format\": \"overlay\", \"version\": %u, "
                "\"virtual-size\": %" PRIu64 ", \"block-size\": %u, \"blocks\": %" PRIu64 ", "
                "\"blocks-present\": %" PRIu64 ", \"bytes-present\": %" PRIu64 ", "
@@ -286,7 +302,7 @@ static int cmd_map(const struct opts *o, int argc, char **argv)
                 break;
         const char *name = i >= 0 ? lf_disk_layer_name(disk, (unsigned)i) : NULL;
         if (o->json) {
-            g_autofree char *esc = name ? g_strescape(name, NULL) : NULL;
+            g_autofree char *esc = name ? json_str(name) : NULL;
             printf("%s\n  {\"offset\": %" PRIu64 ", \"length\": %" PRIu64 ", \"layer\": ",
                    first ? "" : ",", off, n);
             if (name)
