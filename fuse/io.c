@@ -3,7 +3,6 @@
  * session fd, per-thread pools of receive buffers, read buffers and request contexts. */
 #include <assert.h>
 #include <errno.h>
-#include <poll.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,7 +36,7 @@ struct fo_rbuf {
     size_t size;
 };
 
-/* A pooled read buffer; the header lives at the start of a separate allocation. */
+/* A pooled read buffer: this small struct, and the page-aligned memory it points to. */
 struct fo_rdbuf {
     struct fo_rdbuf *next;
     void *mem;              /* FO_MAX_IO bytes, page-aligned */
@@ -77,6 +76,7 @@ static __thread struct fo_thread *fo_self;
 
 static size_t fo_page(void)
 {
+    /* The page size; every thread computes the same value, so the race is benign. */
     static size_t page;
 
     if (page == 0)
@@ -139,9 +139,10 @@ static void check_drained(struct fo_thread *thr)
 struct fo_io *fo_io_get(fuse_req_t req, struct fo_disk *disk)
 {
     struct fo_thread *thr = fo_self;
-    struct fo_io *io = thr->free_ios;
+    struct fo_io *io;
 
     assert(thr != NULL);
+    io = thr->free_ios;
     if (io != NULL) {
         thr->free_ios = io->next;
         thr->n_free_ios--;
