@@ -24,7 +24,7 @@ bool bc_opt_size(const struct bc_open_args *args, const char *key, bool required
 
     if (!v) {
         if (required) {
-            g_set_error(errp, BC_ERROR, 0, "%s: key %s is required", bc_what(args), key);
+            g_set_error(errp, BC_ERROR, 0, "%s:%s: a value is required", bc_what(args), key);
             return false;
         }
         *out = def;
@@ -32,7 +32,7 @@ bool bc_opt_size(const struct bc_open_args *args, const char *key, bool required
     }
     if (!bc_parse_size(v, out)) {
         g_set_error(errp, BC_ERROR, 0,
-                    "%s: key %s: '%s' is not a size (a number with an optional K, M, G or T)",
+                    "%s:%s: '%s' is not a size (a number with an optional K, M, G or T)",
                     bc_what(args), key, v);
         return false;
     }
@@ -50,7 +50,7 @@ bool bc_opt_pow2(const struct bc_open_args *args, const char *key, uint32_t min,
         return true;
     }
     if (!bc_parse_size(v, &n) || n < min || n > max || (n & (n - 1)) != 0) {
-        g_set_error(errp, BC_ERROR, 0, "%s: key %s: %s is not a power of two between %u and %u",
+        g_set_error(errp, BC_ERROR, 0, "%s:%s: %s is not a power of two between %u and %u",
                     bc_what(args), key, v, min, max);
         return false;
     }
@@ -70,7 +70,7 @@ bool bc_opt_uint(const struct bc_open_args *args, const char *key, uint64_t max,
         return true;
     }
     if (!g_ascii_string_to_unsigned(v, 10, 0, max, &n, NULL)) {
-        g_set_error(errp, BC_ERROR, 0, "%s: key %s: '%s' is not a whole number between 0 and %"
+        g_set_error(errp, BC_ERROR, 0, "%s:%s: '%s' is not a whole number between 0 and %"
                     G_GUINT64_FORMAT, bc_what(args), key, v, (guint64)max);
         return false;
     }
@@ -111,7 +111,7 @@ bool bc_opt_errno(const struct bc_open_args *args, const char *key, int def, int
         return true;
     }
     g_set_error(errp, BC_ERROR, 0,
-                "%s: key %s: '%s' is neither a known errno name (like EIO) nor a number 1..4095",
+                "%s:%s: '%s' is neither a known errno name (like EIO) nor a number 1..4095",
                 bc_what(args), key, v);
     return false;
 }

@@ -86,7 +86,9 @@ struct bc_dev *layer_open_dev(const struct lf_layer_cfg *cfg, bool read_only, bo
                     cfg->origin ? cfg->origin : cfg->name, dname, bc_driver_names());
         return NULL;
     }
-    g_autofree char *what = g_strdup_printf("layer %s", cfg->name);
+    /* Driver messages then read "FILE:layer NAME:KEY: reason", like the parser's. */
+    g_autofree char *what = cfg->origin ? g_strdup(cfg->origin)
+                                        : g_strdup_printf("layer %s", cfg->name);
     struct bc_open_args args = {
         .what = what,
         .path = cfg->path,

@@ -42,7 +42,7 @@ struct lf_config {
 
 /* Parse a GLib key file; messages are "FILE:GROUP:KEY: reason". NULL on error. */
 struct lf_config *lf_config_load(const char *path, GError **errp);
-/* Parse one inline disk definition (see layerfs(1) --disk). NULL on error. */
+/* Parse one inline disk definition (see layerfs(1) --disk) into cfg; false on error. */
 bool lf_config_add_inline(struct lf_config *cfg, const char *spec, GError **errp);
 /* An empty configuration. */
 struct lf_config *lf_config_new(void);

@@ -40,7 +40,7 @@ conf "[disk d]" "layers = a" "[layer a]" "path = $SCRATCH/a.img" "direct = somet
 fails "bad boolean" "^layerfs: $C:layer a:direct: not a boolean" -c "$C" "$MNT"
 
 conf "[disk d]" "layers = a" "[layer a]" "driver = ram" "size = lots"
-fails "bad size (driver key)" "^layerfs: .*size" -c "$C" "$MNT"
+fails "bad size (driver key)" "^layerfs: $C:layer a:size: 'lots' is not a size" -c "$C" "$MNT"
 
 conf "[disk d]" "layers = a" "[layer a]" "format = overlay" "path = $SCRATCH/o.img" \
     "block-size = 1000"
