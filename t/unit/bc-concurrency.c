@@ -43,9 +43,10 @@ static struct bc_dev *open_kind(const struct devkind *k, uint64_t size, char **p
     g_assert_cmpint(fd, >=, 0);
     g_assert_cmpint(ftruncate(fd, (off_t)size), ==, 0);   /* zeros */
     close(fd);
-    *pathp = path;
     struct bc_dev *dev = tu_open(&bc_drv_file, path, false, true, NULL);
     g_test_message("O_DIRECT file %s, req_align %u", path, bc_dev_props(dev)->req_align);
+    unlink(path);       /* the driver has it open; nothing is left behind if we crash */
+    g_free(path);
     return dev;
 }
 
