@@ -403,25 +403,32 @@ static bool iov_aligned(const struct iovec *iov, int iovcnt, uint64_t len, uint3
     return true;
 }
 
-/* Point req->slice at [skip, skip+len) of the caller's iovecs; returns the count. */
-static int slice_iov(struct bc_req *req, uint64_t skip, uint64_t len)
+/* Driver requests carry at most this many iovecs (the kernel's UIO_MAXIOV). */
+#define BC_MAX_IOV 1024
+
+/* Point req->slice at up to *len bytes from byte skip of the caller's iovecs, stopping
+ * early after BC_MAX_IOV of them; sets *len to what was taken, returns the count.  On the
+ * direct path every iovec is a multiple of req_align, so the cut stays aligned. */
+static int slice_iov(struct bc_req *req, uint64_t skip, uint64_t *len)
 {
+    uint64_t want = *len, took = 0;
     int n = 0;
 
     if (!req->slice)
-        req->slice = g_new(struct iovec, req->iovcnt);
-    for (int i = 0; i < req->iovcnt && len; i++) {
+        req->slice = g_new(struct iovec, MIN(req->iovcnt, BC_MAX_IOV));
+    for (int i = 0; i < req->iovcnt && took < want && n < BC_MAX_IOV; i++) {
         if (skip >= req->iov[i].iov_len) {
             skip -= req->iov[i].iov_len;
             continue;
         }
-        size_t l = MIN(req->iov[i].iov_len - skip, len);
+        size_t l = MIN(req->iov[i].iov_len - skip, want - took);
         req->slice[n].iov_base = (char *)req->iov[i].iov_base + skip;
         req->slice[n].iov_len = l;
         n++;
-        len -= l;
+        took += l;
         skip = 0;
     }
+    *len = took;
     return n;
 }
 
@@ -433,13 +440,14 @@ static void direct_next(struct bc_req *req)
 
     if (req->pos == req->end)
         return req_done(req, 0);
-    if (req->pos == req->offset && n == req->len) {
+    if (req->pos == req->offset && n == req->len && req->iovcnt <= BC_MAX_IOV) {
         iov = (struct iovec *)req->iov;     /* drivers never modify iovec arrays */
         iovcnt = req->iovcnt;
     } else {
-        iovcnt = slice_iov(req, req->pos - req->offset, n);
+        iovcnt = slice_iov(req, req->pos - req->offset, &n);
         iov = req->slice;
     }
+    assert(n % req->dev->props.req_align == 0);
     submit(req, req->op, req->pos, n, iov, iovcnt,
            req->dev->props.fua_native ? (req->flags & BC_REQ_FUA) : 0);
 }
