@@ -23,7 +23,8 @@ for dio in off on; do
         diag "$(cat "$SCRATCH/losetup.err")"
         continue
     fi
-    on_exit "losetup -d $LOOP"
+    # Detach only what is still backed by our file: the number may be reused once freed.
+    on_exit "losetup -n -O NAME -j '$MNT/vm' | xargs -r -n1 losetup -d"
     _t_result 0 "losetup --direct-io=$dio ($LOOP)"
     diag "loop dio in effect: $(cat /sys/block/${LOOP#/dev/}/loop/dio 2>/dev/null)"
     ok "dio=$dio: mkfs.ext4" mkfs.ext4 -q -F "$LOOP"
