@@ -157,6 +157,8 @@ extern const struct bc_driver bc_drv_file;
 extern const struct bc_driver bc_drv_null;
 extern const struct bc_driver bc_drv_ram;
 extern const struct bc_driver bc_drv_fault;
+extern const struct bc_driver bc_drv_virtio_blk_vhost_user;
+extern const struct bc_driver bc_drv_virtio_blk_vfio_pci;
 
 /* Find a driver by name in the one driver table, or NULL. */
 const struct bc_driver *bc_driver_find(const char *name);

@@ -3,7 +3,6 @@
 #include <string.h>
 
 #include "blockcore/blockcore.h"
-#include "blockcore/virtqueue.h"
 
 static const struct bc_driver *const bc_drivers[] = {
     &bc_drv_file,

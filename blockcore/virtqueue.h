@@ -171,10 +171,6 @@ int bc_vblk_status(const struct bc_vblk_slot *slots, uint16_t head);
 
 /* ---- the virtio-blk driver core shared by the transports --------------------------- */
 
-/* The drivers (declared here until blockcore.h lists them). */
-extern const struct bc_driver bc_drv_virtio_blk_vhost_user;
-extern const struct bc_driver bc_drv_virtio_blk_vfio_pci;
-
 /* Features the core understands and asks for (device-specific and ring bits). */
 #define BC_VBLK_WANTED_FEATURES                                                        \
     ((1ull << 1) | (1ull << 2) | (1ull << 5) | (1ull << 6) | (1ull << 9) | (1ull << 10) | \
