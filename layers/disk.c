@@ -214,9 +214,21 @@ static void stack_read(struct lf_disk *disk, unsigned from, struct bc_loop *loop
                        const struct iovec *iov, int iovcnt, uint64_t offset, bc_cb *cb,
                        void *opaque)
 {
-    struct rd_req *req = g_new0(struct rd_req, 1);
     uint64_t len = bc_iov_len(iov, iovcnt);
     uint64_t pos = 0;
+    uint64_t n0;
+
+    /* The usual case -- a raw disk, or blocks the top overlay holds: the first layer asked
+     * holds the whole range, so there are no pieces to track and nothing to fill (fills
+     * only go into layers above the data's source). */
+    if (len && from < disk->nlayers && stack_map(disk, from, offset, len, &n0) == (int)from &&
+        n0 == len) {
+        struct layer *l = disk->layers[from];
+        l->ops->read(l, loop, iov, iovcnt, offset, cb, opaque);
+        return;
+    }
+
+    struct rd_req *req = g_new0(struct rd_req, 1);
 
     req->disk = disk;
     req->loop = loop;
