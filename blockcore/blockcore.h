@@ -239,10 +239,43 @@ void bc_bounce_usage(size_t *in_use, size_t *peak);
 void bc_bounce_reset_peak(void);
 
 /* Page-aligned allocation for I/O buffers outside the budget (e.g. FUSE buffers);
- * aborts on out-of-memory like g_malloc. */
+ * aborts on out-of-memory like g_malloc.  Thread-safe; the memory comes from the
+ * registered arenas below while they have room, else from the heap. */
 void *bc_buf_alloc(size_t len);
-/* Free a bc_buf_alloc() buffer. */
+/* Free a bc_buf_alloc() buffer (from any thread); NULL is ignored. */
 void bc_buf_free(void *buf);
+
+/* ---- registered I/O buffer arenas (bufpool.c) -------------------------------------- */
+
+/* bc_buf_alloc() memory (bounce buffers, FUSE buffers) comes from a few large memfd-backed
+ * MAP_SHARED arenas.  A driver whose device can only reach registered memory (the virtio-blk
+ * drivers: vhost-user memory regions, VFIO DMA mappings) registers every arena when it
+ * opens, and then takes buffers that lie in one without a copy.  The set of arenas is fixed
+ * the first time bc_buf_alloc() or bc_buf_regions() runs, so drivers see them all. */
+#define BC_BUF_POOL_DEFAULT_SIZE ((size_t)128 << 20)
+#define BC_BUF_MAX_REGIONS 4
+
+struct bc_buf_region {
+    void *base;             /* page-aligned, MAP_SHARED */
+    size_t len;             /* a multiple of 2 MiB */
+    int fd;                 /* the memfd behind it (offset 0 = base); owned by blockcore */
+};
+
+/* Set the arenas' total size in bytes (0: none, every buffer is ordinary memory); only
+ * before they exist (false after).  Default: $LAYERFS_BUF_POOL if set, else
+ * BC_BUF_POOL_DEFAULT_SIZE.  VFIO pins all of it for every device it maps. */
+bool bc_buf_pool_set_size(size_t bytes);
+/* The arenas (created now if need be): up to max of them into out; returns how many. */
+unsigned bc_buf_regions(struct bc_buf_region *out, unsigned max);
+
+struct bc_buf_pool_stats {
+    size_t total;           /* bytes of arenas */
+    size_t in_use;          /* bytes handed out or cached by threads */
+    size_t peak;            /* most in_use ever */
+    uint64_t fallbacks;     /* bc_buf_alloc() calls served from the heap */
+};
+/* Snapshot the counters. */
+void bc_buf_pool_stats(struct bc_buf_pool_stats *st);
 
 /* ---- small helpers ----------------------------------------------------------------- */
 

@@ -53,20 +53,6 @@ void bc_bounce_reset_peak(void)
     pthread_mutex_unlock(&bounce.lock);
 }
 
-void *bc_buf_alloc(size_t len)
-{
-    void *p;
-
-    if (posix_memalign(&p, 4096, len ? len : 1))
-        g_error("out of memory allocating %zu bytes of I/O buffer", len);
-    return p;
-}
-
-void bc_buf_free(void *buf)
-{
-    free(buf);
-}
-
 /* Called with the lock held: can len bytes be handed out now?  A request larger than
  * the whole budget runs alone rather than never. */
 static bool fits(size_t len)

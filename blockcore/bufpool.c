@@ -1,0 +1,406 @@
+/* SPDX-License-Identifier: MIT */
+/* I/O buffers from a few large memfd-backed, MAP_SHARED arenas that drivers needing
+ * device-visible memory register once (vhost-user memory regions, VFIO DMA mappings), so
+ * that buffers from bc_buf_alloc() reach such devices without a copy. */
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "blockcore/bc-internal.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+/*
+ * Notes on the design
+ *
+ * Arenas.  The set of arenas is fixed the first time anyone asks for a buffer or for the
+ * regions (a driver opening), so a driver registers everything there will ever be in one
+ * go.  The total is bounded (bc_buf_pool_set_size(), else LAYERFS_BUF_POOL in the
+ * environment, else BC_BUF_POOL_DEFAULT_SIZE) and split into at most BC_BUF_MAX_REGIONS
+ * arenas of at most ARENA_TARGET bytes each, rounded to 2 MiB.  Pages of a memfd are only
+ * allocated when touched (except where a VFIO mapping pins them).  The mappings are
+ * MAP_SHARED, so a fork() neither copies them nor breaks a pinned DMA mapping; the daemon
+ * forks before it opens disks anyway.
+ *
+ * Allocation.  Buffers are whole 4 KiB pages.  Each arena has a bitmap of pages in use and,
+ * at each buffer's first page, its length in pages; first fit from a rotating hint under
+ * one mutex.  In front of that, every thread keeps a small cache of freed buffers (exact
+ * page counts, up to TC_SLOTS buffers and tc_cap() bytes), so the steady state of a loop
+ * that allocates and frees the same sizes takes no lock.  A thread's cache goes back to
+ * the arenas when it exits.  A request the arenas cannot satisfy (too large, or they are
+ * full) falls back to posix_memalign(): correct, only copied by drivers that need
+ * device-visible memory.
+ *
+ * Under AddressSanitizer, free and cached arena memory is poisoned, as is the unused tail
+ * of the last page of a buffer, so use after free and overruns are still caught.
+ */
+
+#define PAGE 4096u
+#define ARENA_TARGET ((size_t)32 << 20)
+#define ARENA_ROUND ((size_t)2 << 20)
+#define TC_SLOTS 32
+#define TC_MAX_BYTES ((size_t)4 << 20)
+
+struct arena {
+    uint8_t *base;
+    size_t len;
+    int fd;
+    size_t pages;
+    uint64_t *bitmap;       /* 1 = page in use (or cached by a thread); under lock */
+    uint32_t *npages;       /* at a buffer's first page: its pages; owner reads freely */
+    size_t hint;            /* under lock */
+};
+
+static struct {
+    pthread_once_t once;
+    pthread_mutex_t lock;       /* protects the bitmaps, hints, in_use and peak */
+    size_t total;               /* configured bytes; (size_t)-1 = not configured */
+    bool created;               /* the set of arenas is fixed (set once, in create()) */
+    unsigned n;
+    struct arena a[BC_BUF_MAX_REGIONS];
+    uintptr_t lo, hi;           /* bounds of all arenas, for a quick "not ours" */
+    size_t max_pages;           /* the largest buffer an arena can hold */
+    size_t in_use, peak;        /* bytes handed out, including thread caches */
+    uint64_t fallbacks;         /* atomic */
+    pthread_key_t tc_key;
+} pool = {
+    .once = PTHREAD_ONCE_INIT,
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .total = (size_t)-1,
+};
+
+/* A thread's cache of freed arena buffers, oldest first. */
+struct tcache {
+    unsigned n;
+    size_t bytes;
+    struct { uint8_t *p; uint32_t pages; } e[TC_SLOTS];
+    bool registered;            /* tc_key set, so it is flushed at thread exit */
+};
+static __thread struct tcache tc;
+
+/* ---- the page bitmap --------------------------------------------------------------- */
+
+/* First page >= i whose bit is want (0 or 1), or a->pages. */
+static size_t next_bit(const struct arena *a, size_t i, bool want)
+{
+    size_t words = (a->pages + 63) / 64;
+
+    if (i >= a->pages)
+        return a->pages;
+    size_t wi = i / 64;
+    uint64_t w = (want ? a->bitmap[wi] : ~a->bitmap[wi]) & (~0ull << (i % 64));
+    while (!w) {
+        if (++wi >= words)
+            return a->pages;
+        w = want ? a->bitmap[wi] : ~a->bitmap[wi];
+    }
+    return MIN(wi * 64 + (size_t)__builtin_ctzll(w), a->pages);
+}
+
+static void mark(struct arena *a, size_t first, size_t n, bool used)
+{
+    while (n) {
+        size_t bit = first % 64, k = MIN(n, 64 - bit);
+        uint64_t m = (k == 64 ? ~0ull : ((1ull << k) - 1)) << bit;
+        if (used)
+            a->bitmap[first / 64] |= m;
+        else
+            a->bitmap[first / 64] &= ~m;
+        first += k;
+        n -= k;
+    }
+}
+
+/* n free pages in a, first fit from the hint, wrapping once; lock held.  NULL if none. */
+static uint8_t *arena_take(struct arena *a, size_t n)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        size_t i = pass ? 0 : a->hint;
+        size_t limit = pass ? MIN(a->hint + n, a->pages) : a->pages;
+        for (;;) {
+            i = next_bit(a, i, false);
+            if (i + n > limit)
+                break;
+            size_t used = next_bit(a, i, true);
+            if (used >= i + n) {
+                mark(a, i, n, true);
+                a->hint = i + n < a->pages ? i + n : 0;
+                a->npages[i] = (uint32_t)n;
+                return a->base + (size_t)i * PAGE;
+            }
+            i = used;
+        }
+    }
+    return NULL;
+}
+
+/* ---- creating the arenas ------------------------------------------------------------ */
+
+static void tc_flush(void *arg);
+
+static bool make_arena(struct arena *a, size_t len)
+{
+    a->fd = memfd_create("layerfs-io-buffers", MFD_CLOEXEC);
+    if (a->fd < 0)
+        return false;
+    if (ftruncate(a->fd, (off_t)len) < 0) {
+        close(a->fd);
+        return false;
+    }
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, a->fd, 0);
+    if (p == MAP_FAILED) {
+        close(a->fd);
+        return false;
+    }
+    a->base = p;
+    a->len = len;
+    a->pages = len / PAGE;
+    a->bitmap = calloc((a->pages + 63) / 64, sizeof(uint64_t));
+    a->npages = calloc(a->pages, sizeof(uint32_t));
+    if (!a->bitmap || !a->npages) {
+        free(a->bitmap);
+        free(a->npages);
+        munmap(p, len);
+        close(a->fd);
+        return false;
+    }
+    POISON(a->base, len);
+    return true;
+}
+
+static void create(void)
+{
+    size_t total;
+
+    pthread_mutex_lock(&pool.lock);     /* against bc_buf_pool_set_size() */
+    total = pool.total;
+    if (total == (size_t)-1) {
+        const char *env = getenv("LAYERFS_BUF_POOL");
+        uint64_t v;
+        total = BC_BUF_POOL_DEFAULT_SIZE;
+        if (env && *env) {
+            if (bc_parse_size(env, &v) && v <= ((uint64_t)1 << 40))
+                total = (size_t)v;
+            else
+                g_warning("LAYERFS_BUF_POOL=%s: not a size; using %zu bytes", env, total);
+        }
+    }
+    pthread_key_create(&pool.tc_key, tc_flush);
+    if (total >= PAGE) {
+        unsigned n = (unsigned)MIN((total + ARENA_TARGET - 1) / ARENA_TARGET,
+                                   (size_t)BC_BUF_MAX_REGIONS);
+        size_t each = (total / n + ARENA_ROUND - 1) / ARENA_ROUND * ARENA_ROUND;
+        for (unsigned i = 0; i < n; i++) {
+            if (!make_arena(&pool.a[pool.n], each)) {
+                g_warning("I/O buffer arena of %zu bytes: %s; buffers beyond %zu bytes are "
+                          "ordinary memory", each, g_strerror(errno), (size_t)pool.n * each);
+                break;
+            }
+            pool.n++;
+        }
+    }
+    pool.lo = UINTPTR_MAX;
+    for (unsigned i = 0; i < pool.n; i++) {
+        pool.lo = MIN(pool.lo, (uintptr_t)pool.a[i].base);
+        pool.hi = MAX(pool.hi, (uintptr_t)pool.a[i].base + pool.a[i].len);
+        pool.max_pages = MAX(pool.max_pages, pool.a[i].pages);
+    }
+    __atomic_store_n(&pool.created, true, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&pool.lock);
+}
+
+static inline void ensure(void)
+{
+    if (G_UNLIKELY(!__atomic_load_n(&pool.created, __ATOMIC_ACQUIRE)))
+        pthread_once(&pool.once, create);
+}
+
+bool bc_buf_pool_set_size(size_t bytes)
+{
+    bool ok;
+
+    pthread_mutex_lock(&pool.lock);
+    ok = !__atomic_load_n(&pool.created, __ATOMIC_ACQUIRE);
+    if (ok)
+        pool.total = bytes;
+    pthread_mutex_unlock(&pool.lock);
+    return ok;
+}
+
+unsigned bc_buf_regions(struct bc_buf_region *out, unsigned max)
+{
+    unsigned n;
+
+    ensure();
+    n = MIN(pool.n, max);
+    for (unsigned i = 0; i < n; i++)
+        out[i] = (struct bc_buf_region){ pool.a[i].base, pool.a[i].len, pool.a[i].fd };
+    return n;
+}
+
+void bc_buf_pool_stats(struct bc_buf_pool_stats *st)
+{
+    ensure();
+    memset(st, 0, sizeof(*st));
+    pthread_mutex_lock(&pool.lock);
+    for (unsigned i = 0; i < pool.n; i++)
+        st->total += pool.a[i].len;
+    st->in_use = pool.in_use;
+    st->peak = pool.peak;
+    pthread_mutex_unlock(&pool.lock);
+    st->fallbacks = __atomic_load_n(&pool.fallbacks, __ATOMIC_RELAXED);
+}
+
+/* ---- allocation -------------------------------------------------------------------- */
+
+static struct arena *arena_of(const void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+
+    if (a < pool.lo || a >= pool.hi)
+        return NULL;
+    for (unsigned i = 0; i < pool.n; i++)
+        if (a - (uintptr_t)pool.a[i].base < pool.a[i].len)
+            return &pool.a[i];
+    return NULL;
+}
+
+static uint8_t *global_take(size_t pages)
+{
+    uint8_t *p = NULL;
+
+    pthread_mutex_lock(&pool.lock);
+    for (unsigned i = 0; i < pool.n && !p; i++)
+        if (pages <= pool.a[i].pages)
+            p = arena_take(&pool.a[i], pages);
+    if (p) {
+        pool.in_use += pages * PAGE;
+        pool.peak = MAX(pool.peak, pool.in_use);
+    }
+    pthread_mutex_unlock(&pool.lock);
+    return p;
+}
+
+/* Give buffers back to their arenas; they are poisoned already. */
+static void global_give(uint8_t *const *ps, const uint32_t *pages, unsigned n)
+{
+    pthread_mutex_lock(&pool.lock);
+    for (unsigned i = 0; i < n; i++) {
+        struct arena *a = arena_of(ps[i]);
+        size_t first = (size_t)(ps[i] - a->base) / PAGE;
+        assert(pages[i] && first + pages[i] <= a->pages);
+        mark(a, first, pages[i], false);
+        pool.in_use -= (size_t)pages[i] * PAGE;
+    }
+    pthread_mutex_unlock(&pool.lock);
+}
+
+/* Bytes a thread may keep cached: a sixteenth of the arenas, at most TC_MAX_BYTES. */
+static size_t tc_cap(void)
+{
+    return MIN(TC_MAX_BYTES, pool.n * pool.a[0].len / 16);
+}
+
+/* Return the oldest k cached buffers to the arenas. */
+static void tc_evict(struct tcache *c, unsigned k)
+{
+    uint8_t *ps[TC_SLOTS];
+    uint32_t pages[TC_SLOTS];
+
+    k = MIN(k, c->n);
+    for (unsigned i = 0; i < k; i++) {
+        ps[i] = c->e[i].p;
+        pages[i] = c->e[i].pages;
+        c->bytes -= (size_t)pages[i] * PAGE;
+    }
+    memmove(&c->e[0], &c->e[k], (c->n - k) * sizeof(c->e[0]));
+    c->n -= k;
+    global_give(ps, pages, k);
+}
+
+/* At thread exit.  A buffer freed by a later destructor registers the cache again. */
+static void tc_flush(void *arg)
+{
+    struct tcache *c = arg;
+    tc_evict(c, c->n);
+    c->registered = false;
+}
+
+void *bc_buf_alloc(size_t len)
+{
+    uint8_t *p = NULL;
+    void *m;
+
+    ensure();
+    if (len <= pool.max_pages * PAGE) {
+        size_t pages = len ? (len + PAGE - 1) / PAGE : 1;
+        for (unsigned i = tc.n; i-- > 0;) {
+            if (tc.e[i].pages == pages) {
+                p = tc.e[i].p;
+                tc.bytes -= pages * PAGE;
+                tc.n--;
+                memmove(&tc.e[i], &tc.e[i + 1], (tc.n - i) * sizeof(tc.e[0]));
+                break;
+            }
+        }
+        if (!p)
+            p = global_take(pages);
+        if (p) {
+            UNPOISON(p, len ? len : 1);
+            return p;
+        }
+    }
+    __atomic_add_fetch(&pool.fallbacks, 1, __ATOMIC_RELAXED);
+    if (posix_memalign(&m, PAGE, len ? len : 1))
+        g_error("out of memory allocating %zu bytes of I/O buffer", len);
+    return m;
+}
+
+void bc_buf_free(void *buf)
+{
+    struct arena *a = buf ? arena_of(buf) : NULL;
+
+    if (!a) {
+        free(buf);
+        return;
+    }
+    uint8_t *p = buf;
+    size_t first = (size_t)(p - a->base) / PAGE;
+    uint32_t pages = a->npages[first];
+    size_t bytes = (size_t)pages * PAGE;
+
+    assert((size_t)(p - a->base) % PAGE == 0 && pages && first + pages <= a->pages);
+    POISON(p, bytes);
+    if (bytes > tc_cap()) {
+        global_give(&p, &pages, 1);
+        return;
+    }
+    if (!tc.registered) {
+        tc.registered = true;
+        pthread_setspecific(pool.tc_key, &tc);
+    }
+    if (tc.n == TC_SLOTS)
+        tc_evict(&tc, TC_SLOTS / 2);
+    if (tc.bytes + bytes > tc_cap()) {
+        /* Make room, oldest first, in one go. */
+        unsigned k = 0;
+        size_t freed = 0;
+        while (k < tc.n && tc.bytes - freed + bytes > tc_cap())
+            freed += (size_t)tc.e[k++].pages * PAGE;
+        tc_evict(&tc, k);
+    }
+    tc.e[tc.n].p = p;
+    tc.e[tc.n].pages = pages;
+    tc.n++;
+    tc.bytes += bytes;
+}
