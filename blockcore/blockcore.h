@@ -138,6 +138,14 @@ struct bc_open_args {
     GHashTable *opts;       /* char* -> char*: driver-specific keys, may be NULL */
 };
 
+/* Data-path counters a driver may keep (the virtio-blk drivers do). */
+struct bc_drv_stats {
+    uint64_t zero_copy_reqs;    /* read/write requests the device served in the caller's memory */
+    uint64_t zero_copy_bytes;
+    uint64_t copied_reqs;       /* ... that were copied through the driver's own memory */
+    uint64_t copied_bytes;
+};
+
 struct bc_driver {
     const char *name;
     /* Driver-specific configuration keys, NULL-terminated; NULL for none. */
@@ -151,6 +159,8 @@ struct bc_driver {
     /* Optional: is [offset, offset+len) data (1) or a hole reading as zeros (0)?
      * *pnum = bytes from offset with that status. Synchronous; <0 = -errno. */
     int (*block_status)(void *state, uint64_t offset, uint64_t len, uint64_t *pnum);
+    /* Optional: snapshot the driver's data-path counters (any thread). */
+    void (*get_stats)(void *state, struct bc_drv_stats *st);
 };
 
 extern const struct bc_driver bc_drv_file;

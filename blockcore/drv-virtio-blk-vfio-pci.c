@@ -29,8 +29,12 @@
  * notify, ISR, device config) in config space, map their BARs (or fall back to pread and
  * pwrite on the device fd), reset, negotiate VERSION_1 and ACCESS_PLATFORM with the blk
  * features, set up queues with one MSI-X vector each (vector 0 is the config interrupt),
- * then DRIVER_OK.  The one memory region (anonymous, MADV_DONTFORK) is DMA-mapped at an
- * IOVA taken from the usable ranges the kernel reports.
+ * then DRIVER_OK.  The driver's memory region (anonymous, MADV_DONTFORK) is DMA-mapped at an
+ * IOVA taken from the usable ranges the kernel reports, and blockcore's I/O buffer arenas
+ * (bc_buf_regions(), MAP_SHARED memfds) right after it, so that data in bc_buf_alloc()
+ * memory (FUSE buffers, bounce buffers) needs no copy.  Mapping pins the arenas' pages; if
+ * the kernel refuses (RLIMIT_MEMLOCK, no IOVA space), the device works without them and
+ * every request is copied through the region as before.
  *
  * Teardown resets the device before the DMA mapping goes away, so it can no longer write
  * into memory we give back; it runs on close and on every setup error past the group open.
@@ -68,6 +72,9 @@ struct vf_state {
     size_t mem_len;
     uint64_t iova;
     bool dma_mapped;
+    unsigned narenas;       /* arenas DMA-mapped, at arena_iova[] */
+    struct bc_buf_region arenas[BC_BUF_MAX_REGIONS];
+    uint64_t arena_iova[BC_BUF_MAX_REGIONS];
     unsigned nq;
     int call_fd[VF_MAX_QUEUES];
     int cfg_fd;             /* config-change interrupt */
@@ -201,6 +208,12 @@ static void vf_free(struct vf_state *s)
     if (s->dma_mapped) {
         struct vfio_iommu_type1_dma_unmap um = { .argsz = sizeof(um), .iova = s->iova,
                                                  .size = s->mem_len };
+        ioctl(s->container, VFIO_IOMMU_UNMAP_DMA, &um);
+    }
+    for (unsigned i = 0; i < s->narenas; i++) {
+        struct vfio_iommu_type1_dma_unmap um = { .argsz = sizeof(um),
+                                                 .iova = s->arena_iova[i],
+                                                 .size = s->arenas[i].len };
         ioctl(s->container, VFIO_IOMMU_UNMAP_DMA, &um);
     }
     if (s->group >= 0)
@@ -417,6 +430,34 @@ static bool read_config(struct vf_state *s, struct bc_vblk_config *cfg)
     return false;
 }
 
+/* DMA-map the I/O buffer arenas after the region (IOVAs picked for both together, else
+ * none); those the kernel refuses are left out, with a message for -v. */
+static void map_arenas(struct vf_state *s, const struct bc_buf_region *arenas, unsigned n)
+{
+    uint64_t iova = s->iova + s->mem_len;
+
+    for (unsigned i = 0; i < n; i++) {
+        struct vfio_iommu_type1_dma_map dm = {
+            .argsz = sizeof(dm),
+            .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+            .vaddr = (uintptr_t)arenas[i].base,
+            .iova = iova,
+            .size = arenas[i].len,
+        };
+        if (ioctl(s->container, VFIO_IOMMU_MAP_DMA, &dm) < 0) {
+            g_debug("%s: the IOMMU refused to map I/O buffer arena %u (%zu bytes): %s; data "
+                    "outside the mapped ones is copied", s->what, i, arenas[i].len,
+                    g_strerror(errno));
+            return;
+        }
+        s->arenas[s->narenas] = arenas[i];
+        s->arena_iova[s->narenas++] = iova;
+        bc_vblk_add_mem(s->blk, &(struct bc_vmem){ .base = arenas[i].base,
+                                                   .len = arenas[i].len, .dev_base = iova });
+        iova += arenas[i].len;
+    }
+}
+
 static bool setup_irqs(struct vf_state *s, GError **errp)
 {
     struct vfio_irq_info ii = { .argsz = sizeof(ii), .index = VFIO_PCI_MSIX_IRQ_INDEX };
@@ -613,7 +654,15 @@ static void *vf_open(const struct bc_open_args *args, struct bc_props *props, GE
         goto fail;
     }
     madvise(s->mem, s->mem_len, MADV_DONTFORK);
-    if (!pick_iova(s, s->mem_len, errp))
+    /* IOVA space for the region and the arenas together, else for the region alone. */
+    struct bc_buf_region arenas[BC_BUF_MAX_REGIONS];
+    unsigned narenas = bc_buf_regions(arenas, BC_BUF_MAX_REGIONS);
+    size_t all = s->mem_len;
+    for (unsigned i = 0; i < narenas; i++)
+        all += arenas[i].len;
+    if (narenas && !pick_iova(s, all, NULL))
+        narenas = 0;
+    if (!narenas && !pick_iova(s, s->mem_len, errp))
         goto fail;
     struct vfio_iommu_type1_dma_map dm = {
         .argsz = sizeof(dm),
@@ -667,6 +716,7 @@ static void *vf_open(const struct bc_open_args *args, struct bc_props *props, GE
     s->blk = bc_vblk_new(&ba, props, errp);
     if (!s->blk)
         goto fail;
+    map_arenas(s, arenas, narenas);
     for (unsigned i = 0; i < s->nq; i++)
         if (!setup_queue(s, i, queue_size, errp))
             goto fail;
@@ -676,8 +726,9 @@ static void *vf_open(const struct bc_open_args *args, struct bc_props *props, GE
         goto fail;
     }
     g_debug("%s: features %#" G_GINT64_MODIFIER "x, %u queues of %u, block size %u, "
-            "IOVA %#" G_GINT64_MODIFIER "x, BARs %s", s->what, features, s->nq, queue_size,
-            props->req_align, s->iova, s->bar[s->common.bar].map ? "mapped" : "via pread");
+            "IOVA %#" G_GINT64_MODIFIER "x, %u I/O buffer arenas mapped, BARs %s", s->what,
+            features, s->nq, queue_size, props->req_align, s->iova, s->narenas,
+            s->bar[s->common.bar].map ? "mapped" : "via pread");
     return s;
 
 fail:
@@ -696,6 +747,12 @@ static void vf_submit(void *state, struct bc_dreq *dreq)
     bc_vblk_submit(s->blk, dreq);
 }
 
+static void vf_get_stats(void *state, struct bc_drv_stats *st)
+{
+    struct vf_state *s = state;
+    bc_vblk_stats(s->blk, st);
+}
+
 static const char *const vf_keys[] = { "num-queues", "queue-size", NULL };
 
 const struct bc_driver bc_drv_virtio_blk_vfio_pci = {
@@ -704,4 +761,5 @@ const struct bc_driver bc_drv_virtio_blk_vfio_pci = {
     .open = vf_open,
     .close = vf_close,
     .submit = vf_submit,
+    .get_stats = vf_get_stats,
 };

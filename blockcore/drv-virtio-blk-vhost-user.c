@@ -20,10 +20,18 @@
 /*
  * Notes on the design
  *
- * Addresses.  The one memory region is registered with guest_phys_addr equal to its
+ * Addresses.  Every memory region is registered with guest_phys_addr equal to its
  * userspace_addr, both our own mapping address, so ring addresses (translated by the back
  * end through userspace_addr) and descriptor addresses (through guest_phys_addr) are simply
  * our pointers.
+ *
+ * Memory.  The driver's own memfd region (rings, request headers, the bounce pool) comes
+ * first; then blockcore's I/O buffer arenas (bc_buf_regions()), each its own region, so
+ * that data in bc_buf_alloc() memory (FUSE buffers, bounce buffers) needs no copy.  A back
+ * end without VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS takes at most VU_MAX_REGIONS
+ * regions in SET_MEM_TABLE; blockcore has at most BC_BUF_MAX_REGIONS arenas, well below.
+ * A back end that refuses the table with the arenas gets the region alone, and every
+ * request is copied as before.
  *
  * The socket carries only the setup handshake (with a receive timeout so that a stuck back
  * end cannot hang open()).  Afterwards the core watches it: the back end never writes to it
@@ -56,6 +64,7 @@ enum {
 #define VU_PROTOCOL_F_CONFIG 9
 #define VU_TIMEOUT_S 10
 #define VU_MAX_QUEUES 64
+#define VU_MAX_REGIONS 8    /* VHOST_MEMORY_BASELINE_NREGIONS */
 #define VU_DEFAULT_QUEUES 16
 
 struct vu_mem_region {
@@ -76,7 +85,7 @@ struct vu_msg {
         struct {
             uint32_t nregions;
             uint32_t padding;
-            struct vu_mem_region regions[1];
+            struct vu_mem_region regions[VU_MAX_REGIONS];
         } mem;
         struct {
             uint32_t offset;
@@ -110,13 +119,13 @@ static bool vu_send(struct vu_state *s, uint32_t req, uint32_t flags, const void
 {
     struct vu_msg m = { .request = req, .flags = VU_VERSION | flags, .size = size };
     union {
-        char buf[CMSG_SPACE(sizeof(int) * 8)];
+        char buf[CMSG_SPACE(sizeof(int) * VU_MAX_REGIONS)];
         struct cmsghdr align;
     } ctl;
     struct iovec iov = { &m, VU_HDR_SIZE + size };
     struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
 
-    g_assert(size <= sizeof(m.payload) && nfds <= 8);
+    g_assert(size <= sizeof(m.payload) && nfds <= VU_MAX_REGIONS);
     if (size)
         memcpy(&m.payload, payload, size);
     if (nfds) {
@@ -256,6 +265,27 @@ static bool vu_alive(void *t)
 }
 
 /* ---- open and close ---------------------------------------------------------------- */
+
+/* SET_MEM_TABLE: the driver's region and the first narenas arenas. */
+static bool vu_set_mem_table(struct vu_state *s, const struct bc_buf_region *arenas,
+                             unsigned narenas, GError **errp)
+{
+    struct {
+        uint32_t nregions, padding;
+        struct vu_mem_region r[VU_MAX_REGIONS];
+    } mt = { 1 + narenas, 0, { { (uintptr_t)s->mem, s->mem_len, (uintptr_t)s->mem, 0 } } };
+    int fds[VU_MAX_REGIONS] = { s->memfd };
+
+    g_assert(1 + narenas <= VU_MAX_REGIONS);
+    for (unsigned i = 0; i < narenas; i++) {
+        uintptr_t a = (uintptr_t)arenas[i].base;
+        mt.r[1 + i] = (struct vu_mem_region){ a, arenas[i].len, a, 0 };
+        fds[1 + i] = arenas[i].fd;
+    }
+    return vu_set(s, VU_SET_MEM_TABLE, &mt,
+                  (uint32_t)(8 + (1 + narenas) * sizeof(struct vu_mem_region)), fds,
+                  1 + narenas, errp);
+}
 
 static void vu_free(struct vu_state *s)
 {
@@ -427,14 +457,31 @@ static void *vu_open(const struct bc_open_args *args, struct bc_props *props, GE
     if (!s->blk)
         goto fail;
 
-    /* Hand the back end the features, the memory and the rings. */
-    struct {
-        uint32_t nregions, padding;
-        struct vu_mem_region r;
-    } mt = { 1, 0, { (uintptr_t)s->mem, s->mem_len, (uintptr_t)s->mem, 0 } };
-    if (!vu_set_u64(s, VU_SET_FEATURES, features, NULL, 0, errp) ||
-        !vu_set(s, VU_SET_MEM_TABLE, &mt, sizeof(mt), &s->memfd, 1, errp))
+    /* Hand the back end the features, the memory (with the I/O buffer arenas if it takes
+     * them) and the rings. */
+    struct bc_buf_region arenas[BC_BUF_MAX_REGIONS];
+    unsigned narenas = bc_buf_regions(arenas, MIN(BC_BUF_MAX_REGIONS, VU_MAX_REGIONS - 1));
+    if (!vu_set_u64(s, VU_SET_FEATURES, features, NULL, 0, errp))
         goto fail;
+    if (narenas) {
+        GError *e = NULL;
+        if (!vu_set_mem_table(s, arenas, narenas, &e)) {
+            /* A refusal (REPLY_ACK) leaves the connection usable: go on without them. */
+            bool refused = e->code == EIO && s->reply_ack;
+            g_debug("%s: %s", s->what, e->message);
+            if (!refused) {
+                g_propagate_error(errp, e);
+                goto fail;
+            }
+            g_error_free(e);
+            narenas = 0;
+        }
+    }
+    if (!narenas && !vu_set_mem_table(s, NULL, 0, errp))
+        goto fail;
+    for (unsigned i = 0; i < narenas; i++)
+        bc_vblk_add_mem(s->blk, &(struct bc_vmem){ .base = arenas[i].base, .len = arenas[i].len,
+                                                   .dev_base = (uintptr_t)arenas[i].base });
     for (unsigned i = 0; i < s->nq; i++) {
         uint64_t desc, avail, used;
         bc_vblk_ring_addrs(s->blk, i, &desc, &avail, &used);
@@ -452,8 +499,9 @@ static void *vu_open(const struct bc_open_args *args, struct bc_props *props, GE
     if (!s->reply_ack && !vu_get_u64(s, VU_GET_FEATURES, &dev_features, errp))
         goto fail;
     g_debug("%s: features %#" G_GINT64_MODIFIER "x, protocol features %#" G_GINT64_MODIFIER
-            "x, %u queues of %u, block size %u, max transfer %u", s->what, features, pfeatures,
-            s->nq, queue_size, props->req_align, props->max_transfer);
+            "x, %u queues of %u, block size %u, max transfer %u, %u I/O buffer arenas",
+            s->what, features, pfeatures, s->nq, queue_size, props->req_align,
+            props->max_transfer, narenas);
     return s;
 
 fail:
@@ -472,6 +520,12 @@ static void vu_submit(void *state, struct bc_dreq *dreq)
     bc_vblk_submit(s->blk, dreq);
 }
 
+static void vu_get_stats(void *state, struct bc_drv_stats *st)
+{
+    struct vu_state *s = state;
+    bc_vblk_stats(s->blk, st);
+}
+
 static const char *const vu_keys[] = { "num-queues", "queue-size", NULL };
 
 const struct bc_driver bc_drv_virtio_blk_vhost_user = {
@@ -480,4 +534,5 @@ const struct bc_driver bc_drv_virtio_blk_vhost_user = {
     .open = vu_open,
     .close = vu_close,
     .submit = vu_submit,
+    .get_stats = vu_get_stats,
 };

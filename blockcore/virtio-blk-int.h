@@ -29,6 +29,7 @@ struct vblk_queue {
     uint64_t slots_addr;
     struct bc_task *wait_head, **wait_tail; /* dreqs waiting for descriptors (dreq->task) */
     struct vblk_watch *watches; /* loops watching call_fd */
+    struct bc_drv_stats stats;  /* read/write data sent in place or copied */
     int call_fd;
     unsigned index;
     struct bc_vblk *b;
@@ -39,6 +40,8 @@ struct bc_vblk {
     uint64_t features;
     struct bc_props props;
     struct bc_vmem mem;
+    struct bc_vmem extra[BC_BUF_MAX_REGIONS]; /* registered I/O buffer arenas */
+    unsigned nextra;
     const struct bc_vblk_transport *ops;
     void *t;
     unsigned nq;

@@ -164,6 +164,12 @@ struct bc_vblk *bc_vblk_new(const struct bc_vblk_args *a, const struct bc_props 
     return b;
 }
 
+void bc_vblk_add_mem(struct bc_vblk *b, const struct bc_vmem *m)
+{
+    g_assert(b->nextra < G_N_ELEMENTS(b->extra));
+    b->extra[b->nextra++] = *m;
+}
+
 void bc_vblk_ring_addrs(struct bc_vblk *b, unsigned qi, uint64_t *desc, uint64_t *avail,
                         uint64_t *used)
 {
@@ -187,6 +193,15 @@ void bc_vblk_free(struct bc_vblk *b)
 {
     if (!b)
         return;
+    struct bc_drv_stats st;
+    struct bc_buf_pool_stats ps;
+    bc_vblk_stats(b, &st);
+    bc_buf_pool_stats(&ps);
+    g_debug("%s: data in place (zero-copy): %" G_GUINT64_FORMAT " requests, %" G_GUINT64_FORMAT
+            " bytes; copied: %" G_GUINT64_FORMAT " requests, %" G_GUINT64_FORMAT " bytes; "
+            "I/O buffer arenas: %zu bytes, peak use %zu, %" G_GUINT64_FORMAT " buffers "
+            "from the heap", b->what, st.zero_copy_reqs, st.zero_copy_bytes, st.copied_reqs,
+            st.copied_bytes, ps.total, ps.peak, ps.fallbacks);
     for (unsigned i = 0; i < b->nq; i++) {
         struct vblk_queue *q = &b->q[i];
         struct vblk_watch *w = q->watches;

@@ -128,6 +128,16 @@ static void pool_put(struct bc_vblk *b, uint8_t *p, uint32_t pages)
 
 /* ---- submission -------------------------------------------------------------------- */
 
+/* The device-visible region holding [p, p+len): the arenas first (where caller buffers are),
+ * then the core's own region; NULL if none does. */
+static const struct bc_vmem *mem_of(const struct bc_vblk *b, const void *p, size_t len)
+{
+    for (unsigned i = 0; i < b->nextra; i++)
+        if (bc_vmem_contains(&b->extra[i], p, len))
+            return &b->extra[i];
+    return bc_vmem_contains(&b->mem, p, len) ? &b->mem : NULL;
+}
+
 static struct vblk_queue *queue_of(struct bc_vblk *b, struct bc_dreq *d)
 {
     return &b->q[bc_loop_index(d->loop) % b->nq];
@@ -202,7 +212,7 @@ static int add_locked(struct bc_vblk *b, struct vblk_queue *q, struct bc_dreq *d
     }
 
     /* Data descriptors: the bounce buffer, or the caller's iovecs (already in device
-     * memory), each cut at seg_len. */
+     * memory: the region or an arena), each cut at seg_len. */
     unsigned cap = G_N_ELEMENTS(small);
     if (b->max_segs + 0u > cap) {
         cap = b->max_segs;
@@ -217,17 +227,29 @@ static int add_locked(struct bc_vblk *b, struct vblk_queue *q, struct bc_dreq *d
     } else {
         for (int i = 0; i < d->iovcnt; i++) {
             const uint8_t *base = d->iov[i].iov_base;
+            const struct bc_vmem *m = mem_of(b, base, d->iov[i].iov_len);
+            assert(m);
             for (size_t off = 0; off < d->iov[i].iov_len; off += b->seg_len) {
                 assert(n < cap);
                 segs[n++] = (struct bc_vbuf){
-                    bc_vmem_addr(&b->mem, base + off),
+                    bc_vmem_addr(m, base + off),
                     (uint32_t)MIN((size_t)b->seg_len, d->iov[i].iov_len - off) };
             }
         }
     }
-    return bc_vblk_add(&q->vq, q->slots, q->slots_addr,
-                       d->op == BC_OP_READ ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT,
-                       d->offset / 512, segs, n, 0, 0, d);
+    int r = bc_vblk_add(&q->vq, q->slots, q->slots_addr,
+                        d->op == BC_OP_READ ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT,
+                        d->offset / 512, segs, n, 0, 0, d);
+    if (r == 0) {
+        if (rs->bounce) {
+            q->stats.copied_reqs++;
+            q->stats.copied_bytes += d->len;
+        } else {
+            q->stats.zero_copy_reqs++;
+            q->stats.zero_copy_bytes += d->len;
+        }
+    }
+    return r;
 }
 
 /* Queue d's next virtio request on its loop's queue, or park it until descriptors free. */
@@ -260,7 +282,7 @@ static bool iov_in_mem(const struct bc_vblk *b, const struct bc_dreq *d)
     uint64_t segs = 0;
 
     for (int i = 0; i < d->iovcnt; i++) {
-        if (!bc_vmem_contains(&b->mem, d->iov[i].iov_base, d->iov[i].iov_len))
+        if (!mem_of(b, d->iov[i].iov_base, d->iov[i].iov_len))
             return false;
         segs += (d->iov[i].iov_len + b->seg_len - 1) / b->seg_len;
     }
@@ -353,6 +375,20 @@ void bc_vblk_submit(struct bc_vblk *b, struct bc_dreq *d)
         break;
     }
     issue(b, d);
+}
+
+void bc_vblk_stats(struct bc_vblk *b, struct bc_drv_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    for (unsigned i = 0; i < b->nq; i++) {
+        struct vblk_queue *q = &b->q[i];
+        g_mutex_lock(&q->lock);
+        st->zero_copy_reqs += q->stats.zero_copy_reqs;
+        st->zero_copy_bytes += q->stats.zero_copy_bytes;
+        st->copied_reqs += q->stats.copied_reqs;
+        st->copied_bytes += q->stats.copied_bytes;
+        g_mutex_unlock(&q->lock);
+    }
 }
 
 /* ---- completion -------------------------------------------------------------------- */

@@ -19,9 +19,12 @@
  * segment and status byte of the request whose chain starts at that descriptor), and a bounce
  * pool.  Device addresses are base-relative: dev_addr = dev_base + (p - base).
  *
- * Data.  Callers' iovecs point anywhere in the process, which the device cannot see.  An
- * iovec array that already lies inside the region goes to the device as is; anything else is
- * copied through a bounce buffer from the pool.  The pool is a page bitmap under a mutex;
+ * Data.  Callers' iovecs point anywhere in the process, which the device cannot see.  The
+ * transport also registers blockcore's I/O buffer arenas (bc_buf_regions(): where
+ * bc_buf_alloc() memory, so FUSE buffers and blockcore's bounce buffers, comes from) and
+ * tells the core with bc_vblk_add_mem().  An iovec array whose every iovec lies inside the
+ * region or one registered arena goes to the device as is; anything else is copied through
+ * a bounce buffer from the pool.  The pool is a page bitmap under a mutex;
  * when it is exhausted, requests queue FIFO and the request that frees memory hands it to the
  * waiters in order, so memory is bounded and large requests cannot starve.
  *
@@ -212,8 +215,14 @@ struct bc_vblk *bc_vblk_new(const struct bc_vblk_args *args, const struct bc_pro
 /* Device addresses of queue qi's rings, for the transport's queue setup. */
 void bc_vblk_ring_addrs(struct bc_vblk *b, unsigned qi, uint64_t *desc, uint64_t *avail,
                         uint64_t *used);
+/* Another device-visible region (a registered bc_buf_regions() arena): iovecs inside it
+ * go to the device without a copy.  Only before the first request; at most
+ * BC_BUF_MAX_REGIONS. */
+void bc_vblk_add_mem(struct bc_vblk *b, const struct bc_vmem *m);
 /* Start a request (the bc_driver submit). */
 void bc_vblk_submit(struct bc_vblk *b, struct bc_dreq *dreq);
+/* Data moved so far (the bc_driver get_stats). */
+void bc_vblk_stats(struct bc_vblk *b, struct bc_drv_stats *st);
 /* The device is gone: fail everything in flight and all later requests with -EIO. */
 void bc_vblk_kill(struct bc_vblk *b);
 /* Free; no requests in flight.  Watches still armed in loops are orphaned, not freed. */

@@ -3,7 +3,8 @@
 # The virtio-blk-vhost-user driver against qemu-storage-daemon's vhost-user-blk export with
 # 512- and 4096-byte logical blocks: odd offsets and sizes from several loops and queues,
 # sector-sharing concurrent writes, flush, discard and write-zeroes, the image then compared
-# with the host's view byte for byte; device errors, a read-only device, the back end dying.
+# with the host's view byte for byte; I/O in blockcore's registered buffer arenas going to
+# the device without a copy; device errors, a read-only device, the back end dying.
 . "$(dirname "$0")/tap.sh"
 
 require_cmd qemu-storage-daemon cmp
@@ -59,6 +60,13 @@ for blk in 512 4096; do
         "$VBLK" --mode io --blk "$blk" --loops 5 --num-queues 1 --queue-size 8 --ops 150 \
         --seed 12 --image "$img" --out "$SCRATCH/out-$blk-b" "$SOCK"
     cmp_file "$img" "$SCRATCH/out-$blk-b" "block size $blk: host view after the shared queue"
+
+    ok "block size $blk: aligned I/O in bc_buf_alloc() memory and bounce-buffered I/O need no copy" \
+        "$VBLK" --mode zc --blk "$blk" "$SOCK"
+    # The same check without arenas must fail: the counters really tell.
+    out=$(LAYERFS_BUF_POOL=0 "$VBLK" --mode zc --blk "$blk" "$SOCK" 2>&1)
+    like "$out" "aligned I/O in arena memory was copied" \
+        "block size $blk: without arenas the same I/O is copied, and the check says so"
     stop_qsd
 done
 
