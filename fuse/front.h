@@ -143,7 +143,7 @@ struct fo_io {
     fuse_req_t req;
     struct fo_disk *disk;
     struct iovec iov;
-    void *buf;               /* pooled read buffer, or the kept receive buffer */
+    void *buf;               /* read buffer (bc_buf_alloc), or the kept receive buffer */
     bool buf_is_rbuf;        /* buf is a receive buffer (a WRITE's payload) */
     uint64_t len;
 };

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The I/O threads: one blockcore loop each, receiving FUSE requests from the non-blocking
- * session fd, per-thread pools of receive buffers, read buffers and request contexts. */
+ * session fd, per-thread pools of receive buffers and request contexts. */
 #include <assert.h>
 #include <errno.h>
 #include <stddef.h>
@@ -36,12 +36,6 @@ struct fo_rbuf {
     size_t size;
 };
 
-/* A pooled read buffer: this small struct, and the page-aligned memory it points to. */
-struct fo_rdbuf {
-    struct fo_rdbuf *next;
-    void *mem;              /* FO_MAX_IO bytes, page-aligned */
-};
-
 struct fo_thread {
     struct fo_daemon *d;
     unsigned index;
@@ -54,8 +48,6 @@ struct fo_thread {
     bool cur_kept;              /* the request being processed keeps cur */
     struct fo_rbuf *free_rbufs;
     unsigned n_free_rbufs;
-    struct fo_rdbuf *free_rdbufs;
-    unsigned n_free_rdbufs;
     struct fo_io *free_ios;
     unsigned n_free_ios;
     uint64_t inflight;          /* fo_io contexts handed out and not yet put back */
@@ -159,20 +151,11 @@ struct fo_io *fo_io_get(fuse_req_t req, struct fo_disk *disk)
 
 void *fo_io_read_buf(struct fo_io *io, uint64_t len)
 {
-    struct fo_thread *thr = io->thr;
-    struct fo_rdbuf *rd = thr->free_rdbufs;
-
     assert(len <= FO_MAX_IO && io->buf == NULL);
-    if (rd != NULL) {
-        thr->free_rdbufs = rd->next;
-        thr->n_free_rdbufs--;
-    } else {
-        rd = g_new0(struct fo_rdbuf, 1);
-        rd->mem = bc_buf_alloc(FO_MAX_IO);
-    }
-    rd->next = NULL;
-    io->buf = rd;
-    return rd->mem;
+    /* Sized to the request: blockcore's buffer pool caches freed buffers per thread and
+     * size, so a 4 KiB read costs 4 KiB of device-visible memory, not a whole 1 MiB. */
+    io->buf = bc_buf_alloc((len + fo_page() - 1) & ~(fo_page() - 1));
+    return io->buf;
 }
 
 void fo_io_keep_receive_buf(struct fo_io *io)
@@ -196,19 +179,10 @@ void fo_io_put(struct fo_io *io)
 
     assert(thr == fo_self);
     if (io->buf != NULL) {
-        if (io->buf_is_rbuf) {
+        if (io->buf_is_rbuf)
             rbuf_put(thr, io->buf);
-        } else {
-            struct fo_rdbuf *rd = io->buf;
-            if (thr->n_free_rdbufs >= FO_POOL_KEEP) {
-                bc_buf_free(rd->mem);
-                g_free(rd);
-            } else {
-                rd->next = thr->free_rdbufs;
-                thr->free_rdbufs = rd;
-                thr->n_free_rdbufs++;
-            }
-        }
+        else
+            bc_buf_free(io->buf);
     }
     if (thr->n_free_ios >= FO_POOL_KEEP) {
         g_free(io);
@@ -354,12 +328,6 @@ static void *thread_main(void *arg)
         struct fo_rbuf *rb = thr->free_rbufs;
         thr->free_rbufs = rb->next;
         rbuf_free(rb);
-    }
-    while (thr->free_rdbufs != NULL) {
-        struct fo_rdbuf *rd = thr->free_rdbufs;
-        thr->free_rdbufs = rd->next;
-        bc_buf_free(rd->mem);
-        g_free(rd);
     }
     while (thr->free_ios != NULL) {
         struct fo_io *io = thr->free_ios;
