@@ -33,8 +33,10 @@ try:
         if i % 4 == 3:
             os.fsync(fd)
             done = i + 1
-            with open(ack, "w") as f:
+            # Atomically: the shell polls these files while writers rewrite them.
+            with open(ack + ".tmp", "w") as f:
                 f.write(str(done))
+            os.replace(ack + ".tmp", ack)
 except OSError:
     pass
 PY
@@ -43,12 +45,13 @@ PY
     # SIGTERM once every writer has had an fsync acknowledged (at most 20 s).
     for i in $(seq 200); do
         n=0
-        for f in "$SCRATCH"/ack.*; do [ -s "$f" ] && n=$((n + 1)); done
+        for k in $(seq 0 $((NW - 1))); do [ -s "$SCRATCH/ack.$k" ] && n=$((n + 1)); done
         [ $n -eq $NW ] && break
         sleep 0.1
     done
     acked_before=0
-    for f in "$SCRATCH"/ack.*; do
+    for k in $(seq 0 $((NW - 1))); do
+        f=$SCRATCH/ack.$k
         [ -s "$f" ] && acked_before=$((acked_before + $(cat "$f")))
     done
     stop_daemon
