@@ -476,6 +476,10 @@ static uint32_t chunk_size(const struct bc_dev *dev)
 /* Which RMW reads a write still needs. */
 enum { RMW_HEAD = 1, RMW_TAIL = 2 };
 
+/* Up to this padded size, an RMW write with both ends partial reads its whole range at
+ * once: a few KiB more transfer costs less than a second serial round trip. */
+#define RMW_ONE_READ_MAX (64u << 10)
+
 /*
  * Start the bounce path over [pstart, pend) (a write holds its blocker by now): one
  * buffer of up to one chunk serves every chunk in turn.  For a write, every RMW read is
@@ -530,8 +534,9 @@ static void chunk_write_step(struct bc_req *req)
 
     if (req->rmw) {
         req->step = ST_CHUNK_RMW;
-        if (req->rmw == (RMW_HEAD | RMW_TAIL) && total <= MIN(2 * (uint64_t)unit, req->chunk)) {
-            /* Small write with both ends partial: one read covers head and tail. */
+        if (req->rmw == (RMW_HEAD | RMW_TAIL) && total <= MIN(MAX(RMW_ONE_READ_MAX, 2 * (uint64_t)unit), req->chunk)) {
+            /* Small write with both ends partial: one read covers head and tail, one trip
+             * to the disk instead of two in a row. */
             req->rmw_reading = RMW_HEAD | RMW_TAIL;
             return submit_bounce(req, BC_OP_READ, 0, ps, pe);
         }
