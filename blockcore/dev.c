@@ -251,7 +251,8 @@ static void req_done(struct bc_req *req, int ret)
         uint64_t skip = req->end - req->offset;
         bc_iov_memset(req->iov, req->iovcnt, skip, 0, req->len - skip);
     }
-    if (ret == 0 && (req->flags & BC_REQ_FUA) && req->step != ST_FLUSH &&
+    /* Emulated FUA: one flush after the I/O; clearing the flag ends the request next time. */
+    if (ret == 0 && (req->flags & BC_REQ_FUA) &&
         (!dev->props.fua_native || req->op != BC_OP_WRITE)) {
         req->flags &= ~BC_REQ_FUA;
         req->step = ST_FLUSH;
@@ -274,7 +275,7 @@ static void submit(struct bc_req *req, enum bc_op op, uint64_t offset, uint64_t 
 
     assert(op == BC_OP_FLUSH ||
            (offset % dev->props.req_align == 0 && len % dev->props.req_align == 0));
-    assert(op != BC_OP_READ && op != BC_OP_WRITE ? true : len <= dev->props.max_transfer);
+    assert((op != BC_OP_READ && op != BC_OP_WRITE) || len <= dev->props.max_transfer);
     memset(d, 0, sizeof(*d));
     d->loop = req->loop;
     d->op = op;
