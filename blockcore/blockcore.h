@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* blockcore: the aligned I/O engine.  Event loops (one io_uring per thread), the driver
- * interface, and the generic device layer that turns any request into aligned driver I/O. */
+/* blockcore: the aligned I/O engine, the one header its users include.  The generic device
+ * layer that turns any request into aligned driver I/O, bounce buffers and the registered
+ * buffer arenas; the event loop (loop.h) and the driver interface (driver.h) come with it. */
 #ifndef LAYERFS_BLOCKCORE_H
 #define LAYERFS_BLOCKCORE_H
 
@@ -10,6 +11,9 @@
 #include <sys/uio.h>
 
 #include <glib.h>
+
+#include "blockcore/driver.h"
+#include "blockcore/loop.h"
 
 /*
  * Notes on the design
@@ -37,151 +41,6 @@
  * on read and must not change its size on write.  Reads past the end of the device
  * return zeros; writes past it fail with -ENOSPC unless the driver can grow.
  */
-
-/* ---- event loop ---------------------------------------------------------------------- */
-
-struct bc_loop;
-struct io_uring;
-struct io_uring_sqe;
-
-/* A completion target for an io_uring operation; the SQE's user_data points at it. */
-struct bc_uop {
-    void (*done)(struct bc_uop *uop, int res, unsigned cqe_flags);
-};
-
-/* A deferred call, intrusive so that queueing never allocates. */
-struct bc_task {
-    struct bc_task *next;
-    void (*fn)(struct bc_task *task);
-};
-
-/* Create a loop for the calling thread; index is a small id drivers may use per queue. */
-struct bc_loop *bc_loop_new(unsigned index, unsigned ring_entries, GError **errp);
-/* Free a loop; no requests may be in flight. */
-void bc_loop_free(struct bc_loop *loop);
-/* The loop of the calling thread, or NULL. */
-struct bc_loop *bc_loop_current(void);
-/* The loop's small index. */
-unsigned bc_loop_index(const struct bc_loop *loop);
-/* The loop's ring, for drivers. */
-struct io_uring *bc_loop_ring(struct bc_loop *loop);
-/* A fresh SQE with user_data set to uop; submits to make room when the SQ is full. */
-struct io_uring_sqe *bc_loop_sqe(struct bc_loop *loop, struct bc_uop *uop);
-/* Run task on this loop's next iteration; caller must be on loop's thread. */
-void bc_loop_defer(struct bc_loop *loop, struct bc_task *task);
-/* Run task on loop's thread; safe from any thread. */
-void bc_loop_post(struct bc_loop *loop, struct bc_task *task);
-/* bc_loop_defer() when called on loop's thread, else bc_loop_post(). */
-void bc_loop_wake(struct bc_loop *loop, struct bc_task *task);
-/* Watch fd for POLLIN (multishot) and call uop->done(uop, revents, flags) on readiness. */
-void bc_loop_watch_fd(struct bc_loop *loop, struct bc_uop *uop, int fd);
-/* One iteration: submit, wait for an event if block and no task is queued, reap, then run
- * queued tasks; so a caller may loop "while (!done) bc_loop_run_once(loop, true)". 0/-errno. */
-int bc_loop_run_once(struct bc_loop *loop, bool block);
-/* Iterate until bc_loop_stop(); returns 0 or -errno. */
-int bc_loop_run(struct bc_loop *loop);
-/* Make bc_loop_run() return; safe from any thread and from signal handlers. */
-void bc_loop_stop(struct bc_loop *loop);
-/* True once bc_loop_stop() was called. */
-bool bc_loop_stopping(const struct bc_loop *loop);
-
-/* ---- driver interface -------------------------------------------------------------- */
-
-enum bc_op {
-    BC_OP_READ,
-    BC_OP_WRITE,
-    BC_OP_FLUSH,
-    BC_OP_WRITE_ZEROES,
-    BC_OP_DISCARD,
-};
-
-enum {
-    BC_REQ_FUA = 1u << 0,       /* write: durable when it completes */
-    BC_REQ_MAY_UNMAP = 1u << 1, /* write-zeroes: may deallocate the range */
-};
-
-/* What a driver reports at open; the generic layer derives everything from this. */
-struct bc_props {
-    uint64_t size;          /* bytes */
-    uint32_t req_align;     /* power of two: offset and length granularity */
-    uint32_t mem_align;     /* power of two: iovec base alignment */
-    uint32_t max_transfer;  /* bytes per driver request, multiple of req_align */
-    uint32_t discard_align; /* power of two; 0 = no discard */
-    uint32_t zero_align;    /* power of two; 0 = no efficient write-zeroes */
-    bool fua_native;        /* driver honours BC_REQ_FUA itself */
-    bool read_only;
-    bool can_grow;          /* writes past the end grow the device */
-};
-
-/* One aligned request as a driver sees it. */
-struct bc_dreq {
-    struct bc_loop *loop;   /* the loop to complete on */
-    enum bc_op op;
-    unsigned flags;         /* BC_REQ_* */
-    uint64_t offset;
-    uint64_t len;           /* 0 for flush */
-    struct iovec *iov;      /* read/write only */
-    int iovcnt;
-    /* Called exactly once, on loop, never from inside submit(): res is 0 or -errno. */
-    void (*done)(struct bc_dreq *dreq, int res);
-    struct bc_uop uop;      /* free for the driver's use */
-    struct bc_task task;    /* free for the driver's use */
-    uint64_t drv_scratch[4];/* free for the driver's use */
-};
-
-/* How a device is opened: the parsed layer configuration. */
-struct bc_open_args {
-    const char *what;       /* for messages, e.g. "layer base" */
-    const char *path;       /* may be NULL for drivers that need none */
-    bool read_only;
-    bool direct;            /* O_DIRECT where the driver has a choice */
-    GHashTable *opts;       /* char* -> char*: driver-specific keys, may be NULL */
-};
-
-/* Data-path counters a driver may keep (the virtio-blk drivers do). */
-struct bc_drv_stats {
-    uint64_t zero_copy_reqs;    /* read/write requests the device served in the caller's memory */
-    uint64_t zero_copy_bytes;
-    uint64_t copied_reqs;       /* ... that were copied through the driver's own memory */
-    uint64_t copied_bytes;
-};
-
-struct bc_driver {
-    const char *name;
-    /* Driver-specific configuration keys, NULL-terminated; NULL for none. */
-    const char *const *keys;
-    /* Open; fill *props. Returns driver state or NULL with *errp set. */
-    void *(*open)(const struct bc_open_args *args, struct bc_props *props, GError **errp);
-    /* Close; no requests are in flight. */
-    void (*close)(void *state);
-    /* Start an aligned request. */
-    void (*submit)(void *state, struct bc_dreq *dreq);
-    /* Optional: is [offset, offset+len) data (1) or a hole reading as zeros (0)?
-     * *pnum = bytes from offset with that status. Synchronous; <0 = -errno. */
-    int (*block_status)(void *state, uint64_t offset, uint64_t len, uint64_t *pnum);
-    /* Optional: snapshot the driver's data-path counters (any thread). */
-    void (*get_stats)(void *state, struct bc_drv_stats *st);
-};
-
-extern const struct bc_driver bc_drv_file;
-extern const struct bc_driver bc_drv_null;
-extern const struct bc_driver bc_drv_ram;
-extern const struct bc_driver bc_drv_fault;
-extern const struct bc_driver bc_drv_virtio_blk_vhost_user;
-extern const struct bc_driver bc_drv_virtio_blk_vfio_pci;
-
-/* Find a driver by name in the one driver table, or NULL. */
-const struct bc_driver *bc_driver_find(const char *name);
-/* Space-separated list of driver names, for messages. */
-const char *bc_driver_names(void);
-
-/* Runtime fault injection for the test-only fault driver: fail ops of kind op (READ or
- * WRITE) that touch [offset, offset+len) with -err, once armed; after_n: fail every
- * request of that kind after the first after_n (-1 = off). */
-void bc_fault_set(void *fault_state, enum bc_op op, uint64_t offset, uint64_t len, int err,
-                  int64_t after_n);
-/* Clear all fault rules. */
-void bc_fault_clear(void *fault_state);
 
 /* ---- the generic device layer ------------------------------------------------------ */
 
@@ -232,8 +91,6 @@ struct bc_dev_stats {
 };
 /* Snapshot the counters. */
 void bc_dev_get_stats(struct bc_dev *dev, struct bc_dev_stats *st);
-/* Test hook: turn write serialization off to show that the tests catch its absence. */
-void bc_dev_set_serialize(struct bc_dev *dev, bool on);
 
 /* ---- bounce buffers ---------------------------------------------------------------- */
 

@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 
 #include "blockcore/bc-internal.h"
+#include "blockcore/testing.h"
 
 /*
  * Notes on the design
@@ -210,7 +211,7 @@ static void req_free_and_call(struct bc_req *req, int ret)
 
 static void finish_task(struct bc_task *t)
 {
-    struct bc_req *req = (struct bc_req *)((char *)t - offsetof(struct bc_req, task));
+    struct bc_req *req = bc_container_of(t, struct bc_req, task);
 
     req_free_and_call(req, req->ret);
 }
@@ -296,7 +297,7 @@ static void submit(struct bc_req *req, enum bc_op op, uint64_t offset, uint64_t 
 
 static void dreq_done(struct bc_dreq *d, int res)
 {
-    struct bc_req *req = (struct bc_req *)((char *)d - offsetof(struct bc_req, dreq));
+    struct bc_req *req = bc_container_of(d, struct bc_req, dreq);
     struct bc_dev *dev = req->dev;
 
     __atomic_sub_fetch(&dev->inflight, 1, __ATOMIC_RELAXED);
@@ -366,7 +367,7 @@ static void dreq_done(struct bc_dreq *d, int res)
 
 static void blocker_granted(struct bc_task *t)
 {
-    struct bc_req *req = (struct bc_req *)((char *)t - offsetof(struct bc_req, blocker.task));
+    struct bc_req *req = bc_container_of(t, struct bc_req, blocker.task);
 
     step(req);
 }
@@ -457,7 +458,7 @@ static void direct_next(struct bc_req *req)
 
 static void bounce_granted(struct bc_task *t)
 {
-    struct bc_req *req = (struct bc_req *)((char *)t - offsetof(struct bc_req, bw.task));
+    struct bc_req *req = bc_container_of(t, struct bc_req, bw.task);
 
     req->bounce = req->bw.buf;
     step(req);

@@ -2,7 +2,7 @@
 /* The one table of backend drivers; add a driver here and in Makefile.am, nowhere else. */
 #include <string.h>
 
-#include "blockcore/blockcore.h"
+#include "drivers/drivers.h"
 
 static const struct bc_driver *const bc_drivers[] = {
     &bc_drv_file,

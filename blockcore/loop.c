@@ -48,7 +48,7 @@ GQuark bc_error_quark(void)
 
 static void wake_done(struct bc_uop *uop, int res, unsigned flags)
 {
-    struct bc_loop *loop = (struct bc_loop *)((char *)uop - offsetof(struct bc_loop, wake_uop));
+    struct bc_loop *loop = bc_container_of(uop, struct bc_loop, wake_uop);
     uint64_t v;
 
     /* Drain the counter; the posted tasks are collected by the main iteration. */

@@ -23,8 +23,6 @@ _Static_assert(sizeof(struct fuse_in_header) + sizeof(struct fuse_write_in) == F
 #define FO_POOL_KEEP 32
 #define FO_RING_ENTRIES 256
 
-#define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
-
 /* A receive buffer: base is page-aligned, mem = base + page - FO_WRITE_HDR so that a WRITE
  * payload lands on base + page.  The kernel never writes more than one request, at most
  * FO_MAX_IO of payload plus its headers, so FO_MAX_IO + 2 pages after base always suffice
@@ -271,7 +269,7 @@ static void receive_batch(struct fo_thread *thr)
 
 static void rx_task_run(struct bc_task *task)
 {
-    struct fo_thread *thr = container_of(task, struct fo_thread, rx_task);
+    struct fo_thread *thr = bc_container_of(task, struct fo_thread, rx_task);
 
     thr->rx_queued = false;
     receive_batch(thr);
@@ -279,7 +277,7 @@ static void rx_task_run(struct bc_task *task)
 
 static void on_readable(struct bc_uop *uop, int res, unsigned cqe_flags)
 {
-    struct fo_thread *thr = container_of(uop, struct fo_thread, watch);
+    struct fo_thread *thr = bc_container_of(uop, struct fo_thread, watch);
 
     if (res == -ECANCELED || thr->stopping)
         return;
@@ -375,7 +373,7 @@ bool fo_threads_start(struct fo_daemon *d, GError **errp)
 
 static void stop_task_run(struct bc_task *task)
 {
-    struct fo_thread *thr = container_of(task, struct fo_thread, stop_task);
+    struct fo_thread *thr = bc_container_of(task, struct fo_thread, stop_task);
 
     thr->stopping = true;
     check_drained(thr);
@@ -407,7 +405,7 @@ static void flush_one_done(void *opaque, int res)
 
 static void flush_task_run(struct bc_task *task)
 {
-    struct fo_thread *thr = container_of(task, struct fo_thread, flush_task);
+    struct fo_thread *thr = bc_container_of(task, struct fo_thread, flush_task);
     struct fo_daemon *d = thr->d;
 
     thr->flush_pending = 1;

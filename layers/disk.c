@@ -206,7 +206,7 @@ static void rd_piece_done(void *opaque, int res)
 
 static void rd_task(struct bc_task *task)
 {
-    rd_phase_done(layer_container_of(task, struct rd_req, task));
+    rd_phase_done(bc_container_of(task, struct rd_req, task));
 }
 
 /* Read [offset, offset+len of iov) as the stack from layer from shows it. */
@@ -318,7 +318,7 @@ static void mod_done(void *opaque, int res)
 
 static void mod_task(struct bc_task *task)
 {
-    mod_finish(layer_container_of(task, struct mod_req, task));
+    mod_finish(bc_container_of(task, struct mod_req, task));
 }
 
 /* -EROFS, -ENOSPC or 0 for a modifying request on [offset, offset+len). */

@@ -236,7 +236,7 @@ static void cyc_start(struct ovl *o);
 
 static void fl_done(struct bc_task *task)
 {
-    struct ovl_fl *f = layer_container_of(task, struct ovl_fl, task);
+    struct ovl_fl *f = bc_container_of(task, struct ovl_fl, task);
     bc_cb *cb = f->cb;
     void *opaque = f->opaque;
     int res = f->res;
@@ -247,7 +247,7 @@ static void fl_done(struct bc_task *task)
 
 static void cyc_task(struct bc_task *task)
 {
-    cyc_start(layer_container_of(task, struct ovl, cyc_task));
+    cyc_start(bc_container_of(task, struct ovl, cyc_task));
 }
 
 static void cyc_end(struct ovl *o, int res)

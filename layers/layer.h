@@ -22,9 +22,6 @@
 #include <inttypes.h>
 #include <stddef.h>
 
-#define layer_container_of(ptr, type, member) \
-    ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
-
 struct layer;
 
 enum {

@@ -210,7 +210,7 @@ static void op_write_done(void *opaque, int res)
 
 static void op_finish_task(struct bc_task *task)
 {
-    op_finish(layer_container_of(task, struct sp_op, task));
+    op_finish(bc_container_of(task, struct sp_op, task));
 }
 
 /* Phase 2: every copy-up is in; merge and issue the store writes. */
@@ -284,7 +284,7 @@ static void op_copyup_done(void *opaque, int res)
 
 static void op_write_task(struct bc_task *task)
 {
-    op_write(layer_container_of(task, struct sp_op, task));
+    op_write(bc_container_of(task, struct sp_op, task));
 }
 
 static void add_seg(struct sp_op *op, struct sp_seg s)
@@ -410,7 +410,7 @@ static void op_try(struct sp_op *op)
 
 static void op_try_task(struct bc_task *task)
 {
-    op_try(layer_container_of(task, struct sp_op, task));
+    op_try(bc_container_of(task, struct sp_op, task));
 }
 
 static void op_begin(struct sparse *sp, enum sp_kind kind, struct bc_loop *loop,

@@ -23,7 +23,7 @@ struct rec_task {
 
 static void rec_fn(struct bc_task *t)
 {
-    struct rec_task *rt = TU_CONTAINER_OF(t, struct rec_task, task);
+    struct rec_task *rt = bc_container_of(t, struct rec_task, task);
     rt->log[(*rt->nlog)++] = rt->id;
     rt->ran_on = g_thread_self();
     if (rt->chain)
@@ -124,7 +124,7 @@ struct flag_task {
 
 static void flag_fn(struct bc_task *t)
 {
-    TU_CONTAINER_OF(t, struct flag_task, task)->ran++;
+    bc_container_of(t, struct flag_task, task)->ran++;
 }
 
 static void test_run_once_after_defer(void)
@@ -192,7 +192,7 @@ struct self_task {
 
 static void self_fn(struct bc_task *t)
 {
-    struct self_task *st = TU_CONTAINER_OF(t, struct self_task, task);
+    struct self_task *st = bc_container_of(t, struct self_task, task);
     if (++st->runs < 1000)
         bc_loop_defer(st->loop, &st->task);
 }
@@ -240,7 +240,7 @@ struct count_task {
 
 static void count_fn(struct bc_task *t)
 {
-    struct count_task *ct = TU_CONTAINER_OF(t, struct count_task, task);
+    struct count_task *ct = bc_container_of(t, struct count_task, task);
     (*ct->count)++;
     if (g_thread_self() != ct->want_thread)
         (*ct->wrong_thread)++;
@@ -416,7 +416,7 @@ struct nop_uop {
 
 static void nop_done(struct bc_uop *u, int res, unsigned flags)
 {
-    struct nop_uop *n = TU_CONTAINER_OF(u, struct nop_uop, uop);
+    struct nop_uop *n = bc_container_of(u, struct nop_uop, uop);
     n->res = res;
     n->calls++;
 }
@@ -460,7 +460,7 @@ struct fd_watch {
 
 static void watch_done(struct bc_uop *u, int res, unsigned flags)
 {
-    struct fd_watch *w = TU_CONTAINER_OF(u, struct fd_watch, uop);
+    struct fd_watch *w = bc_container_of(u, struct fd_watch, uop);
     w->calls++;
     w->revents = res;
     uint64_t v;

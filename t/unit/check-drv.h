@@ -8,6 +8,8 @@
 #include <stdint.h>
 
 #include "blockcore/blockcore.h"
+#include "blockcore/testing.h"
+#include "drivers/drivers.h"
 
 /* Keys: the ram driver's (size, align, mem-align, max-transfer) and fua-native (0 or 1,
  * default 1).  Every driver request is checked; violations are counted, the first one

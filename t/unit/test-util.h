@@ -12,9 +12,8 @@
 #include <glib.h>
 
 #include "blockcore/blockcore.h"
-
-/* The struct of type containing member m at p. */
-#define TU_CONTAINER_OF(p, type, m) ((type *)(void *)((char *)(p) - offsetof(type, m)))
+#include "blockcore/testing.h"
+#include "drivers/drivers.h"
 
 /* g_test_init() plus: warnings are not fatal (drivers log fallbacks), a watchdog that
  * bails out after watchdog_s seconds instead of hanging CI. */

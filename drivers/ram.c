@@ -7,8 +7,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "blockcore/drv-ram.h"
-#include "blockcore/drv-util.h"
+#include "drivers/ram.h"
+#include "drivers/drivers.h"
+#include "drivers/util.h"
 
 /*
  * Notes on the design

@@ -10,7 +10,7 @@
 #include <linux/virtio_ring.h>
 #include <liburing.h>
 
-#include "blockcore/virtio-blk-int.h"
+#include "drivers/virtio-blk/virtio-blk-int.h"
 
 /* ---- the bounce pool --------------------------------------------------------------- */
 
@@ -490,7 +490,7 @@ static void rearm(struct vblk_watch *w, struct bc_uop *uop, int fd, int res, uns
 
 static void watch_call_done(struct bc_uop *uop, int res, unsigned flags)
 {
-    struct vblk_watch *w = (struct vblk_watch *)((char *)uop - offsetof(struct vblk_watch, uop));
+    struct vblk_watch *w = bc_container_of(uop, struct vblk_watch, uop);
     struct bc_task *done = NULL;
     struct bc_vblk *b = NULL;
     uint64_t v;
@@ -513,7 +513,7 @@ static void watch_call_done(struct bc_uop *uop, int res, unsigned flags)
 static void watch_death_done(struct bc_uop *uop, int res, unsigned flags)
 {
     struct vblk_watch *w =
-        (struct vblk_watch *)((char *)uop - offsetof(struct vblk_watch, death_uop));
+        bc_container_of(uop, struct vblk_watch, death_uop);
 
     /* Every loop watches; the first to see the device gone kills it (kill is idempotent
      * and completes requests on their own loops, never here). */

@@ -8,7 +8,7 @@
 #include <linux/virtio_blk.h>
 #include <linux/virtio_ring.h>
 
-#include "blockcore/virtio-blk-int.h"
+#include "drivers/virtio-blk/virtio-blk-int.h"
 
 /* Watches of freed cores; reachable so leak checkers stay quiet. Protected by orphan_lock. */
 static GMutex orphan_lock;

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "blockcore/drv-util.h"
+#include "drivers/util.h"
 
 const char *bc_what(const struct bc_open_args *args)
 {
@@ -118,7 +118,7 @@ bool bc_opt_errno(const struct bc_open_args *args, const char *key, int def, int
 
 static void bc_drv_complete_task(struct bc_task *task)
 {
-    struct bc_dreq *dreq = (struct bc_dreq *)((char *)task - offsetof(struct bc_dreq, task));
+    struct bc_dreq *dreq = bc_container_of(task, struct bc_dreq, task);
 
     dreq->done(dreq, (int)(int64_t)dreq->drv_scratch[3]);
 }

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Split virtqueues, virtio-blk request building, and the transport-independent core of the
- * userspace virtio-blk drivers (drv-virtio-blk-*.c), all in device-visible memory. */
+ * userspace virtio-blk drivers (vhost-user.c, vfio-pci.c), all in device-visible memory. */
 #ifndef LAYERFS_VIRTQUEUE_H
 #define LAYERFS_VIRTQUEUE_H
 

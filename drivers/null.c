@@ -3,7 +3,8 @@
  * above and for tests that need a large device that costs nothing. */
 #include <errno.h>
 
-#include "blockcore/drv-util.h"
+#include "drivers/drivers.h"
+#include "drivers/util.h"
 
 #define BC_NULL_MAX_TRANSFER (4u << 20)
 

@@ -9,7 +9,7 @@
 #include <linux/virtio_blk.h>
 #include <linux/virtio_ring.h>
 
-#include "blockcore/virtqueue.h"
+#include "drivers/virtio-blk/virtqueue.h"
 
 #define RING_ALIGN 4096u
 

@@ -19,8 +19,9 @@
 #include <linux/virtio_config.h>
 #include <linux/virtio_pci.h>
 
-#include "blockcore/drv-util.h"
-#include "blockcore/virtqueue.h"
+#include "drivers/drivers.h"
+#include "drivers/util.h"
+#include "drivers/virtio-blk/virtqueue.h"
 
 /*
  * Notes on the design

@@ -16,7 +16,8 @@
 
 #include <liburing.h>
 
-#include "blockcore/drv-util.h"
+#include "drivers/drivers.h"
+#include "drivers/util.h"
 
 /*
  * Notes on the design
@@ -63,7 +64,7 @@ enum {
 
 static struct bc_dreq *bc_file_dreq(struct bc_uop *uop)
 {
-    return (struct bc_dreq *)((char *)uop - offsetof(struct bc_dreq, uop));
+    return bc_container_of(uop, struct bc_dreq, uop);
 }
 
 static struct bc_file *bc_file_of(const struct bc_dreq *dreq)

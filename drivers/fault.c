@@ -4,8 +4,10 @@
 #include <assert.h>
 #include <errno.h>
 
-#include "blockcore/drv-ram.h"
-#include "blockcore/drv-util.h"
+#include "drivers/ram.h"
+#include "drivers/drivers.h"
+#include "drivers/util.h"
+#include "blockcore/testing.h"
 
 /*
  * Notes on the design

@@ -4,7 +4,7 @@
 #ifndef LAYERFS_VIRTIO_BLK_INT_H
 #define LAYERFS_VIRTIO_BLK_INT_H
 
-#include "blockcore/virtqueue.h"
+#include "drivers/virtio-blk/virtqueue.h"
 
 #define POOL_PAGE 4096u            /* bounce pool granule */
 #define MAX_TRANSFER_CAP (1u << 20) /* largest request we report */
@@ -80,7 +80,7 @@ static inline struct vblk_rs *rs_of(struct bc_dreq *d)
 
 static inline struct bc_dreq *dreq_of_task(struct bc_task *t)
 {
-    return (struct bc_dreq *)((char *)t - offsetof(struct bc_dreq, task));
+    return bc_container_of(t, struct bc_dreq, task);
 }
 
 static inline bool vblk_has(const struct bc_vblk *b, unsigned bit)
