@@ -192,6 +192,25 @@ def main():
                   (int(meta["lfvu_hwm_kib"]) / 1024))
         p()
 
+    # --before: the same workloads on another layerfs binary, in the same turns.
+    if "before" in meta:
+        p("### Before and after: %s vs %s" % (meta.get("before"), meta.get("layerfs")))
+        p()
+        rows = [["set", "workload", "before IOPS", "after IOPS", "after/before",
+                 "before CPU us/IO", "after CPU us/IO"]]
+        for s in ("single", "overlay"):
+            for wl in workloads:
+                b = best(runs, (s, wl, "before"))
+                a = best(runs, (s, wl, "layerfs"))
+                if not a or not b:
+                    continue
+                cpu = lambda r: "%.1f" % r["cpu"] if r["cpu"] is not None else "-"
+                rows.append([s, wl, fmt_iops(b["iops"]), fmt_iops(a["iops"]),
+                             "%.2f" % (a["iops"] / b["iops"]) if b["iops"] else "-",
+                             cpu(b), cpu(a)])
+        p(table(rows))
+        p()
+
     # Daemon CPU per I/O and QD1 latency: steadier than IOPS on a busy machine.
     cols = []
     for s, tg, label in [("single", "qsd", "qsd"), ("single", "layerfs", "layerfs"),

@@ -38,6 +38,9 @@ Benchmark layerfs against qemu-storage-daemon's FUSE export and the raw file, wi
 
 Options:
   --layerfs PATH     the layerfs binary (default \$LAYERFS or ./layerfs)
+  --before PATH      another layerfs binary (say, built from the commit before a change):
+                     mounted beside the first in the single and overlay sets, run in the
+                     same turns, and compared with it in a "before/after" table
   --dir DIR          where the scratch directory goes (default \$BENCH_DIR or /var/tmp);
                      must be a real file system with O_DIRECT (tmpfs is refused)
   --size MIB         size of the raw file in MiB (default 1024)
@@ -81,6 +84,7 @@ die() { echo "$ME: $*" >&2; exit 2; }
 note() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 
 LAYERFS=${LAYERFS:-./layerfs}
+BEFORE=
 BASEDIR=${BENCH_DIR:-/var/tmp}
 SIZE_MIB=1024 RUNTIME=10 RAMP=1 PAIRS=2 ONLY= SETS=single,overlay,vhost-user
 THREADS= LF_EXTRA= OUT= KEEP=0
@@ -88,6 +92,7 @@ THREADS= LF_EXTRA= OUT= KEEP=0
 while [ $# -gt 0 ]; do
     case $1 in
     --layerfs) LAYERFS=$2; shift ;;
+    --before) BEFORE=$2; shift ;;
     --dir) BASEDIR=$2; shift ;;
     --size) SIZE_MIB=$2; shift ;;
     --runtime) RUNTIME=$2; shift ;;
@@ -129,6 +134,10 @@ done
 case $LAYERFS in */*) ;; *) LAYERFS=./$LAYERFS ;; esac
 [ -x "$LAYERFS" ] || die "layerfs binary '$LAYERFS' not found or not executable (--layerfs or \$LAYERFS)"
 LAYERFS=$(cd "$(dirname "$LAYERFS")" && pwd)/$(basename "$LAYERFS")
+if [ -n "$BEFORE" ]; then
+    [ -x "$BEFORE" ] || die "--before: '$BEFORE' is not an executable"
+    BEFORE=$(cd "$(dirname "$BEFORE")" && pwd)/$(basename "$BEFORE")
+fi
 
 # --- the scratch directory: a real file system, never tmpfs -----------------------------
 [ -d "$BASEDIR" ] || die "--dir: $BASEDIR is not a directory"
@@ -211,6 +220,7 @@ wait_ready() {
 ready_mount() { [ -s "$1" ] && is_mounted "$2"; }
 
 # start_layerfs NAME CONFIG: mount $WORK/NAME.mnt, set LF_PID; 1 if it fails (see NAME.log).
+# The binary is $LF_BIN if set (the --before one), else $LAYERFS.
 start_layerfs() {
     local name=$1 conf=$2 mnt=$WORK/$1.mnt
     : >"$mnt"
@@ -218,7 +228,7 @@ start_layerfs() {
     [ -n "$THREADS" ] && args+=(-t "$THREADS")
     # shellcheck disable=SC2206
     [ -n "$LF_EXTRA" ] && args+=($LF_EXTRA)
-    "$LAYERFS" "${args[@]}" "$mnt" >"$WORK/$name.log" 2>&1 &
+    "${LF_BIN:-$LAYERFS}" "${args[@]}" "$mnt" >"$WORK/$name.log" 2>&1 &
     LF_PID=$!
     DAEMON_PIDS+=("$LF_PID")
     MOUNTS+=("$mnt")
@@ -329,6 +339,7 @@ meta fs "$fstype on $(df -P "$BASEDIR" | awk 'NR == 2 { print $1 }') ($BASEDIR)"
 meta fio "$(fio --version)"
 meta qsd "$(qemu-storage-daemon --version | head -1)"
 meta layerfs "$("$LAYERFS" --version 2>&1 | head -1) ($LAYERFS)"
+[ -n "$BEFORE" ] && meta before "$("$BEFORE" --version 2>&1 | head -1) ($BEFORE)"
 if git -C "$HERE" rev-parse --git-dir >/dev/null 2>&1; then
     meta commit "$(git -C "$HERE" describe --always --dirty 2>/dev/null)"
 fi
@@ -365,6 +376,12 @@ if want_set single || want_set vhost-user; then
         start_layerfs lf "$WORK/lf.conf" || die "layerfs did not mount a single raw layer"
         LF1=$LF_PID
         targets+=("layerfs=$WORK/lf.mnt=$LF1")
+        if [ -n "$BEFORE" ]; then
+            LF_BIN=$BEFORE start_layerfs lfb "$WORK/lf.conf" ||
+                die "the --before layerfs did not mount a single raw layer"
+            LFB1=$LF_PID
+            targets+=("before=$WORK/lfb.mnt=$LFB1")
+        fi
     fi
     if want_set vhost-user; then
         SOCK=$WORK/vhost.sock
@@ -390,6 +407,7 @@ if want_set single || want_set vhost-user; then
     [ -n "${LF1:-}" ] && meta lf_hwm_kib "$(hwm_kib "$LF1")"
     [ -n "${LFVU:-}" ] && meta lfvu_hwm_kib "$(hwm_kib "$LFVU")"
     [ -n "${LF1:-}" ] && stop_daemon "$LF1" "$WORK/lf.mnt"
+    [ -n "${LFB1:-}" ] && stop_daemon "$LFB1" "$WORK/lfb.mnt"
     [ -n "${LFVU:-}" ] && { stop_daemon "$LFVU" "$WORK/lfvu.mnt"; stop_pid "$QSDVU"; }
     stop_daemon "$QSD1"
 fi
@@ -412,10 +430,19 @@ if [ "$FAILED" = 0 ] && want_set overlay; then
             --blockdev "driver=qcow2,node-name=top,file=tf,backing=bf" ||
             die "qemu-storage-daemon did not export the qcow2 overlay"
         QSDO=$QSD_PID
-        run_set overlay "qsd=$WORK/qsdo.mnt=$QSDO" "layerfs=$WORK/lfo.mnt=$LFO" || FAILED=1
+        otargets=("qsd=$WORK/qsdo.mnt=$QSDO" "layerfs=$WORK/lfo.mnt=$LFO")
+        if [ -n "$BEFORE" ]; then
+            sed "s|$WORK/top.lfo|$WORK/topb.lfo|" "$WORK/lfo.conf" >"$WORK/lfob.conf"
+            LF_BIN=$BEFORE start_layerfs lfob "$WORK/lfob.conf" ||
+                die "the --before layerfs did not mount the overlay"
+            LFOB=$LF_PID
+            otargets+=("before=$WORK/lfob.mnt=$LFOB")
+        fi
+        run_set overlay "${otargets[@]}" || FAILED=1
         meta qsdo_hwm_kib "$(hwm_kib "$QSDO")"
         meta lfo_hwm_kib "$(hwm_kib "$LFO")"
         stop_daemon "$LFO" "$WORK/lfo.mnt"
+        [ -n "${LFOB:-}" ] && stop_daemon "$LFOB" "$WORK/lfob.mnt"
         stop_daemon "$QSDO"
     else
         reason=$(grep -m1 -i 'format\|overlay' "$WORK/lfo.log" | head -c 200)
