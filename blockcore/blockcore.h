@@ -148,6 +148,10 @@ void bc_buf_pool_stats(struct bc_buf_pool_stats *st);
 
 /* Total length of an iovec array. */
 uint64_t bc_iov_len(const struct iovec *iov, int iovcnt);
+/* Point out[] at bytes [skip, skip+len) of iov: returns the count, -EINVAL if iov is shorter,
+ * -E2BIG past out_max entries (with took: stops there instead; *took = bytes sliced). */
+int bc_iov_slice(const struct iovec *iov, int iovcnt, uint64_t skip, uint64_t len,
+                 struct iovec *out, int out_max, uint64_t *took);
 /* Copy len bytes from iov starting at byte skip into buf. */
 void bc_iov_to_buf(const struct iovec *iov, int iovcnt, uint64_t skip, void *buf, size_t len);
 /* Copy len bytes from buf into iov starting at byte skip. */

@@ -247,20 +247,9 @@ static void op_write(struct sp_op *op)
                 /* Each segment gets its own slice of the scratch array, alive until
                  * the operation finishes. */
                 struct iovec *v = op->wiov + (size_t)i * (size_t)op->iovcnt;
-                int n = 0;
-                uint64_t skip = s->skip, left = s->len;
-                for (int k = 0; k < op->iovcnt && left > 0; k++) {
-                    if (skip >= op->iov[k].iov_len) {
-                        skip -= op->iov[k].iov_len;
-                        continue;
-                    }
-                    uint64_t take = MIN(op->iov[k].iov_len - skip, left);
-                    v[n].iov_base = (char *)op->iov[k].iov_base + skip;
-                    v[n].iov_len = take;
-                    n++;
-                    left -= take;
-                    skip = 0;
-                }
+                int n = bc_iov_slice(op->iov, op->iovcnt, s->skip, s->len, v, op->iovcnt,
+                                     NULL);
+                assert(n >= 0);
                 sp->ops->write(sp->store, op->loop, v, n, s->offset, op->flags & BC_REQ_FUA,
                                op_write_done, op);
             }
