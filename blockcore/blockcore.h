@@ -5,6 +5,7 @@
 #ifndef LAYERFS_BLOCKCORE_H
 #define LAYERFS_BLOCKCORE_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -92,6 +93,40 @@ struct bc_dev_stats {
 /* Snapshot the counters. */
 void bc_dev_get_stats(struct bc_dev *dev, struct bc_dev_stats *st);
 
+/* ---- range blockers (blocker.c) --------------------------------------------------- */
+
+/*
+ * A range lock that grants in arrival order.  Two blockers conflict when their ranges
+ * [start, end) intersect and at least one is strong; one is granted when no blocker that
+ * arrived earlier (granted or still waiting) conflicts with it, so nothing overtakes an
+ * earlier conflicting request and strong waiters cannot starve.  In dev.c every write-like
+ * request holds one over the bytes it writes (weak for aligned writes, strong for
+ * read-modify-write); the sparse layer (layers/sparse.c) locks the blocks an operation
+ * touches with strong ones.
+ */
+struct bc_blocker {
+    uint64_t start, end;
+    bool strong;
+    bool granted;
+    struct bc_blocker *prev, *next;
+    struct bc_loop *loop;
+    struct bc_task task;        /* task.fn runs on loop when a waiting blocker is granted */
+};
+
+struct bc_blocker_list {
+    pthread_mutex_t lock;       /* protects the list and every member's granted flag */
+    struct bc_blocker *head, *tail;
+};
+
+/* Set up an empty list. */
+void bc_blockers_init(struct bc_blocker_list *l);
+/* Tear down a list; no blocker may be on it. */
+void bc_blockers_destroy(struct bc_blocker_list *l);
+/* Enqueue b; true if granted now, else b->task.fn runs on loop once granted. */
+bool bc_blocker_acquire(struct bc_blocker_list *l, struct bc_blocker *b, struct bc_loop *loop);
+/* Drop a granted blocker and grant the waiters it was holding back. */
+void bc_blocker_release(struct bc_blocker_list *l, struct bc_blocker *b);
+
 /* ---- bounce buffers ---------------------------------------------------------------- */
 
 #define BC_BOUNCE_DEFAULT_BUDGET (64u << 20)
@@ -148,6 +183,10 @@ void bc_buf_pool_stats(struct bc_buf_pool_stats *st);
 
 /* Total length of an iovec array. */
 uint64_t bc_iov_len(const struct iovec *iov, int iovcnt);
+/* Point out[] at bytes [skip, skip+len) of iov: returns the count, -EINVAL if iov is shorter,
+ * -E2BIG past out_max entries (with took: stops there instead; *took = bytes sliced). */
+int bc_iov_slice(const struct iovec *iov, int iovcnt, uint64_t skip, uint64_t len,
+                 struct iovec *out, int out_max, uint64_t *took);
 /* Copy len bytes from iov starting at byte skip into buf. */
 void bc_iov_to_buf(const struct iovec *iov, int iovcnt, uint64_t skip, void *buf, size_t len);
 /* Copy len bytes from buf into iov starting at byte skip. */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* Range write blockers: weak for aligned writes, strong for read-modify-write, granted in
- * arrival order (see the notes in bc-internal.h). */
+/* Range blockers: weak or strong range locks granted in arrival order (see the notes in
+ * blockcore.h); dev.c's write serialization and the sparse layer's block locks. */
 
 #include "blockcore/bc-internal.h"
 

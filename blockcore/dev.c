@@ -408,32 +408,6 @@ static bool iov_aligned(const struct iovec *iov, int iovcnt, uint64_t len, uint3
 /* Driver requests carry at most this many iovecs (the kernel's UIO_MAXIOV). */
 #define BC_MAX_IOV 1024
 
-/* Point req->slice at up to *len bytes from byte skip of the caller's iovecs, stopping
- * early after BC_MAX_IOV of them; sets *len to what was taken, returns the count.  On the
- * direct path every iovec is a multiple of req_align, so the cut stays aligned. */
-static int slice_iov(struct bc_req *req, uint64_t skip, uint64_t *len)
-{
-    uint64_t want = *len, took = 0;
-    int n = 0;
-
-    if (!req->slice)
-        req->slice = g_new(struct iovec, MIN(req->iovcnt, BC_MAX_IOV));
-    for (int i = 0; i < req->iovcnt && took < want && n < BC_MAX_IOV; i++) {
-        if (skip >= req->iov[i].iov_len) {
-            skip -= req->iov[i].iov_len;
-            continue;
-        }
-        size_t l = MIN(req->iov[i].iov_len - skip, want - took);
-        req->slice[n].iov_base = (char *)req->iov[i].iov_base + skip;
-        req->slice[n].iov_len = l;
-        n++;
-        took += l;
-        skip = 0;
-    }
-    *len = took;
-    return n;
-}
-
 static void direct_next(struct bc_req *req)
 {
     uint64_t n = MIN(req->end - req->pos, req->dev->props.max_transfer);
@@ -446,7 +420,14 @@ static void direct_next(struct bc_req *req)
         iov = (struct iovec *)req->iov;     /* drivers never modify iovec arrays */
         iovcnt = req->iovcnt;
     } else {
-        iovcnt = slice_iov(req, req->pos - req->offset, &n);
+        /* Up to n bytes in at most BC_MAX_IOV pieces; n becomes what was taken.  On the
+         * direct path every iovec is a multiple of req_align, so the cut stays aligned. */
+        int max = MIN(req->iovcnt, BC_MAX_IOV);
+        if (!req->slice)
+            req->slice = g_new(struct iovec, max);
+        iovcnt = bc_iov_slice(req->iov, req->iovcnt, req->pos - req->offset, n, req->slice,
+                              max, &n);
+        assert(iovcnt > 0);
         iov = req->slice;
     }
     assert(n % req->dev->props.req_align == 0);

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* iovec copying helpers and size parsing shared by the engine, drivers and layers. */
+/* iovec slicing and copying helpers and size parsing shared by the engine, drivers and
+ * layers. */
 
 #include <errno.h>
 #include <stdlib.h>
@@ -15,6 +16,37 @@ uint64_t bc_iov_len(const struct iovec *iov, int iovcnt)
 
     for (int i = 0; i < iovcnt; i++)
         n += iov[i].iov_len;
+    return n;
+}
+
+int bc_iov_slice(const struct iovec *iov, int iovcnt, uint64_t skip, uint64_t len,
+                 struct iovec *out, int out_max, uint64_t *took)
+{
+    uint64_t left = len;
+    int n = 0;
+
+    for (int i = 0; i < iovcnt && left; i++) {
+        if (skip >= iov[i].iov_len) {
+            skip -= iov[i].iov_len;     /* also drops empty elements */
+            continue;
+        }
+        if (n == out_max) {
+            if (!took)
+                return -E2BIG;
+            *took = len - left;
+            return n;
+        }
+        size_t l = MIN(iov[i].iov_len - skip, left);
+        out[n].iov_base = (char *)iov[i].iov_base + skip;
+        out[n].iov_len = l;
+        n++;
+        left -= l;
+        skip = 0;
+    }
+    if (left)
+        return -EINVAL;                 /* iov ended first */
+    if (took)
+        *took = len;
     return n;
 }
 

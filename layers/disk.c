@@ -32,29 +32,6 @@ struct lf_disk {
     struct layer **layers;  /* top first */
 };
 
-/* ---- small helpers ----------------------------------------------------------------- */
-
-/* Fill out[] with the part [skip, skip+len) of iov; returns the count (<= iovcnt). */
-static int iov_sub(const struct iovec *iov, int iovcnt, uint64_t skip, uint64_t len,
-                   struct iovec *out)
-{
-    int n = 0;
-
-    for (int i = 0; i < iovcnt && len > 0; i++) {
-        if (skip >= iov[i].iov_len) {
-            skip -= iov[i].iov_len;
-            continue;
-        }
-        uint64_t take = MIN(iov[i].iov_len - skip, len);
-        out[n].iov_base = (char *)iov[i].iov_base + skip;
-        out[n].iov_len = take;
-        n++;
-        len -= take;
-        skip = 0;
-    }
-    return n;
-}
-
 /* ---- resolving the stack ----------------------------------------------------------- */
 
 /* The topmost layer at or below from holding offset (-1: zeros); *pnum bytes alike. */
@@ -247,7 +224,8 @@ static void stack_read(struct lf_disk *disk, unsigned from, struct bc_loop *loop
         }
         pc.len = n;
         pc.iov = g_new(struct iovec, iovcnt);
-        pc.iovcnt = iov_sub(iov, iovcnt, pos, n, pc.iov);
+        pc.iovcnt = bc_iov_slice(iov, iovcnt, pos, n, pc.iov, iovcnt, NULL);
+        assert(pc.iovcnt >= 0);
         g_array_append_val(req->pieces, pc);
         pos += n;
     }
@@ -373,7 +351,8 @@ static void stack_modify(struct lf_disk *disk, enum mod_kind kind, struct bc_loo
             req->pending++;
             if (n < len) {
                 struct iovec *sub = g_new(struct iovec, iovcnt);
-                int cnt = iov_sub(iov, iovcnt, 0, n, sub);
+                int cnt = bc_iov_slice(iov, iovcnt, 0, n, sub, iovcnt, NULL);
+                assert(cnt >= 0);
                 if (req->iovs == NULL)
                     req->iovs = g_ptr_array_new_with_free_func(g_free);
                 g_ptr_array_add(req->iovs, sub);

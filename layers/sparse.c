@@ -31,8 +31,7 @@ struct sp_op {
     unsigned flags;
     bool next_is_zero;
     uint64_t b0, b1;        /* locked blocks [b0, b1) */
-    struct sp_op *next;     /* in sp->running or a waiter list */
-    struct sp_op *waiters;
+    struct bc_blocker range;    /* the range lock on [b0, b1), in sp->locks */
     struct bc_task task;
     unsigned pending;
     int err;
@@ -72,11 +71,12 @@ void sparse_init(struct sparse *sp, struct layer *l, uint64_t size, uint32_t bs,
     sp->bitmap = g_malloc0(sp->bitmap_len);
     sp->dirty = g_malloc0(sp->bitmap_len / SPARSE_PAGE);
     g_mutex_init(&sp->lock);
+    bc_blockers_init(&sp->locks);
 }
 
 void sparse_destroy(struct sparse *sp)
 {
-    assert(sp->running == NULL);
+    bc_blockers_destroy(&sp->locks);
     g_free(sp->bitmap);
     g_free(sp->dirty);
     g_mutex_clear(&sp->lock);
@@ -164,7 +164,6 @@ static void op_finish(struct sp_op *op)
     bc_cb *cb = op->cb;
     void *opaque = op->opaque;
     int err = op->err;
-    struct sp_op *w;
 
     g_mutex_lock(&sp->lock);
     if (err == 0) {
@@ -175,21 +174,10 @@ static void op_finish(struct sp_op *op)
                          ((s->offset + s->len - 1) >> sp->shift) + 1, true);
         }
     }
-    for (struct sp_op **pp = &sp->running; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == op) {
-            *pp = op->next;
-            break;
-        }
-    }
-    w = op->waiters;
     g_mutex_unlock(&sp->lock);
 
-    while (w != NULL) {
-        struct sp_op *nx = w->next;
-        w->next = NULL;
-        bc_loop_wake(w->loop, &w->task);
-        w = nx;
-    }
+    /* The blocks are marked: let the next operations on them in. */
+    bc_blocker_release(&sp->locks, &op->range);
     for (guint i = 0; i < op->segs->len; i++)
         bc_buf_free(g_array_index(op->segs, struct sp_seg, i).buf);
     g_array_free(op->segs, true);
@@ -247,20 +235,9 @@ static void op_write(struct sp_op *op)
                 /* Each segment gets its own slice of the scratch array, alive until
                  * the operation finishes. */
                 struct iovec *v = op->wiov + (size_t)i * (size_t)op->iovcnt;
-                int n = 0;
-                uint64_t skip = s->skip, left = s->len;
-                for (int k = 0; k < op->iovcnt && left > 0; k++) {
-                    if (skip >= op->iov[k].iov_len) {
-                        skip -= op->iov[k].iov_len;
-                        continue;
-                    }
-                    uint64_t take = MIN(op->iov[k].iov_len - skip, left);
-                    v[n].iov_base = (char *)op->iov[k].iov_base + skip;
-                    v[n].iov_len = take;
-                    n++;
-                    left -= take;
-                    skip = 0;
-                }
+                int n = bc_iov_slice(op->iov, op->iovcnt, s->skip, s->len, v, op->iovcnt,
+                                     NULL);
+                assert(n >= 0);
                 sp->ops->write(sp->store, op->loop, v, n, s->offset, op->flags & BC_REQ_FUA,
                                op_write_done, op);
             }
@@ -380,27 +357,12 @@ static void op_locked(struct sp_op *op)
     }
 }
 
-static bool overlaps(const struct sp_op *a, const struct sp_op *b)
-{
-    return a->b0 < b->b1 && b->b0 < a->b1;
-}
-
-/* Take the range lock or queue behind the first running operation in the way. */
-static void op_try(struct sp_op *op)
+/* The range lock is held: plan the segments, then start the I/O. */
+static void op_granted(struct sp_op *op)
 {
     struct sparse *sp = op->sp;
 
     g_mutex_lock(&sp->lock);
-    for (struct sp_op *r = sp->running; r != NULL; r = r->next) {
-        if (overlaps(r, op)) {
-            op->next = r->waiters;
-            r->waiters = op;
-            g_mutex_unlock(&sp->lock);
-            return;
-        }
-    }
-    op->next = sp->running;
-    sp->running = op;
     plan(op);
     g_mutex_unlock(&sp->lock);
     /* Scratch iovecs: one slice of iovcnt entries per segment. */
@@ -408,9 +370,22 @@ static void op_try(struct sp_op *op)
     op_locked(op);
 }
 
+static void op_granted_task(struct bc_task *task)
+{
+    op_granted(bc_container_of(task, struct sp_op, range.task));
+}
+
+/* Take the range lock, or wait behind every earlier operation it overlaps. */
 static void op_try_task(struct bc_task *task)
 {
-    op_try(bc_container_of(task, struct sp_op, task));
+    struct sp_op *op = bc_container_of(task, struct sp_op, task);
+
+    op->range.start = op->b0;
+    op->range.end = op->b1;
+    op->range.strong = true;     /* any two overlapping operations exclude each other */
+    op->range.task.fn = op_granted_task;
+    if (bc_blocker_acquire(&op->sp->locks, &op->range, op->loop))
+        op_granted(op);
 }
 
 static void op_begin(struct sparse *sp, enum sp_kind kind, struct bc_loop *loop,

@@ -13,9 +13,11 @@
  * store at the block's own offset).  The in-memory bitmap is authoritative while running;
  * the overlay format persists it at flush time (see fmt-overlay.c).
  *
- * Every modifying operation locks the whole-block range it touches: an operation that
- * overlaps a running one waits on that one's waiter list and retries on its own loop when
- * woken.  Under the range lock an operation decides, per block, what to do:
+ * Every modifying operation locks the whole-block range it touches with a strong blocker
+ * (blockcore.h), so overlapping operations run one at a time in the order they arrived: a
+ * waiting operation starts on its own loop once every earlier one it overlaps has finished,
+ * and no later one overtakes it.  Under the range lock an operation decides, per block,
+ * what to do:
  *   - whole block written: write it; mark present when the write completes;
  *   - partial block, present: write just the bytes;
  *   - partial block, absent: read the block from the stack below (copy-up), merge, write
@@ -24,8 +26,9 @@
  * A block becomes present only once its data write has completed, so concurrent readers
  * see either the old (below) or the new contents, never a half-written block.
  *
- * sp->lock (a mutex) protects bitmap, dirty, gen and the list of running operations; it is
- * never held across I/O.
+ * sp->lock (a mutex) protects bitmap, dirty and ndirty; it is never held across I/O.  The
+ * range locks live in sp->locks, under that list's own lock; the two are never held
+ * together.
  */
 
 struct sparse_store_ops {
@@ -47,8 +50,6 @@ struct sparse_store_ops {
 
 #define SPARSE_PAGE 4096u   /* bitmap bytes per dirty-tracking page */
 
-struct sp_op;
-
 struct sparse {
     struct layer *layer;
     const struct sparse_store_ops *ops;
@@ -62,7 +63,7 @@ struct sparse {
     uint8_t *bitmap;        /* bit b of byte b/8, least significant first */
     uint8_t *dirty;         /* per bitmap page: changed since last taken */
     uint64_t ndirty;
-    struct sp_op *running;  /* operations holding a range lock */
+    struct bc_blocker_list locks;   /* range locks of the operations, in blocks */
 };
 
 /* Set up for size bytes in blocks of bs (a power of two). */

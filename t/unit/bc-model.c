@@ -678,6 +678,144 @@ static void test_iov_helpers(void)
     g_rand_free(rand);
 }
 
+/* One bc_iov_slice() call and what it should give: the count (or -errno), the bytes taken
+ * when partial slices are allowed, and the pieces as (element, offset, length). */
+struct slice_case {
+    uint64_t skip, len;
+    int out_max;
+    bool partial;               /* pass took */
+    int want;
+    uint64_t want_took;
+    struct { int el; size_t off, len; } piece[4];
+};
+
+/* Fixed cases over elements of 10, 0, 5, 0 and 7 bytes (22 in all): skips inside and at
+ * the edges of elements, empty elements (never handed out), the slice running to the very
+ * end, ranges past the end and out arrays that are too small. */
+static void test_iov_slice_cases(void)
+{
+    static char a[10], c[5], e[7];
+    const struct iovec iov[] = { { a, 10 }, { a + 10, 0 }, { c, 5 }, { c, 0 }, { e, 7 } };
+    static const struct slice_case cases[] = {
+        { 0, 22, 8, false, 3, 0, { { 0, 0, 10 }, { 2, 0, 5 }, { 4, 0, 7 } } },
+        { 3, 4, 8, false, 1, 0, { { 0, 3, 4 } } },              /* inside one element */
+        { 0, 10, 8, false, 1, 0, { { 0, 0, 10 } } },            /* exactly one element */
+        { 9, 2, 8, false, 2, 0, { { 0, 9, 1 }, { 2, 0, 1 } } }, /* across an empty one */
+        { 10, 5, 8, false, 1, 0, { { 2, 0, 5 } } },             /* skip at a boundary */
+        { 10, 1, 8, false, 1, 0, { { 2, 0, 1 } } },
+        { 15, 7, 8, false, 1, 0, { { 4, 0, 7 } } },             /* the last element */
+        { 14, 8, 8, false, 2, 0, { { 2, 4, 1 }, { 4, 0, 7 } } },/* len to the end */
+        { 21, 1, 8, false, 1, 0, { { 4, 6, 1 } } },             /* the last byte */
+        { 0, 0, 8, false, 0, 0, { { 0 } } },                    /* nothing */
+        { 22, 0, 8, false, 0, 0, { { 0 } } },                   /* nothing, at the end */
+        { 5, 0, 0, false, 0, 0, { { 0 } } },                    /* nothing, no room */
+        { 21, 2, 8, false, -EINVAL, 0, { { 0 } } },             /* past the end */
+        { 0, 23, 8, false, -EINVAL, 0, { { 0 } } },
+        { 22, 1, 8, false, -EINVAL, 0, { { 0 } } },
+        { 22, 1, 8, true, -EINVAL, 0, { { 0 } } },
+        { 0, 22, 3, false, 3, 0, { { 0, 0, 10 }, { 2, 0, 5 }, { 4, 0, 7 } } }, /* just fits */
+        { 0, 22, 2, false, -E2BIG, 0, { { 0 } } },              /* out_max too small */
+        { 9, 2, 1, false, -E2BIG, 0, { { 0 } } },
+        { 0, 1, 0, false, -E2BIG, 0, { { 0 } } },
+        { 0, 22, 2, true, 2, 15, { { 0, 0, 10 }, { 2, 0, 5 } } },  /* partial: stops */
+        { 9, 13, 1, true, 1, 1, { { 0, 9, 1 } } },
+        { 0, 1, 0, true, 0, 0, { { 0 } } },
+        { 3, 19, 3, true, 3, 19, { { 0, 3, 7 }, { 2, 0, 5 }, { 4, 0, 7 } } }, /* all fits */
+    };
+
+    for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+        const struct slice_case *t = &cases[i];
+        struct iovec out[9];
+        uint64_t took = 12345;
+        for (int k = 0; k < 9; k++)
+            out[k] = (struct iovec){ (void *)1, 99 };
+        int r = bc_iov_slice(iov, G_N_ELEMENTS(iov), t->skip, t->len, out, t->out_max,
+                             t->partial ? &took : NULL);
+        g_autofree char *ctx = g_strdup_printf("bc_iov_slice(skip %" PRIu64 ", len %" PRIu64
+                                               ", out_max %d%s)", t->skip, t->len,
+                                               t->out_max, t->partial ? ", took" : "");
+        if (r != t->want) {
+            g_test_fail_printf("%s returned %d, want %d", ctx, r, t->want);
+            continue;
+        }
+        if (t->partial && r >= 0 && took != t->want_took)
+            g_test_fail_printf("%s: took %" PRIu64, ctx, took);
+        for (int k = 0; k < MAX(r, 0); k++) {
+            const struct iovec *el = &iov[t->piece[k].el];
+            if (out[k].iov_base != (char *)el->iov_base + t->piece[k].off ||
+                out[k].iov_len != t->piece[k].len)
+                g_test_fail_printf("%s: piece %d is element %d +%td len %zu, want +%zu len %zu",
+                                   ctx, k, t->piece[k].el,
+                                   (char *)out[k].iov_base - (char *)el->iov_base,
+                                   out[k].iov_len, t->piece[k].off, t->piece[k].len);
+        }
+        /* Nothing written past the out_max entries it was given. */
+        for (int k = MAX(t->out_max, 0); k < 9; k++)
+            if (out[k].iov_base != (void *)1 || out[k].iov_len != 99)
+                g_test_fail_printf("%s wrote out[%d] (out_max %d)", ctx, k, t->out_max);
+    }
+}
+
+/* bc_iov_slice() at random skips over random splits with empty elements: the pieces are
+ * the bytes [skip, skip+len) in order, none empty, as few as the elements allow; with too
+ * few entries and took, the longest prefix that fits. */
+static void test_iov_slice_random(void)
+{
+    GRand *rand = g_rand_new_with_seed(tu_seed(1016));
+    enum { LEN = 3000 };
+    uint8_t flat[LEN], tmp[LEN];
+    struct iovec iov[TU_MAX_IOV], out[TU_MAX_IOV];
+
+    for (int round = 0; round < 2000; round++) {
+        tu_fill_random(rand, flat, LEN);
+        int n = tu_split_iov(rand, flat, LEN, iov, g_rand_int_range(rand, 1, TU_MAX_IOV + 1));
+        uint64_t skip = (uint64_t)g_rand_int_range(rand, 0, LEN + 1);
+        uint64_t len = (uint64_t)g_rand_int_range(rand, 0, (gint32)(LEN - skip) + 1);
+        int out_max = g_rand_int_range(rand, 0, n + 1);
+        bool partial = g_rand_boolean(rand);
+        uint64_t took = UINT64_MAX;
+
+        /* The elements holding [skip, skip+len): the count a full slice needs. */
+        int need = 0;
+        uint64_t at = 0;
+        for (int k = 0; k < n; k++) {
+            if (len && iov[k].iov_len && at + iov[k].iov_len > skip && at < skip + len)
+                need++;
+            at += iov[k].iov_len;
+        }
+        int r = bc_iov_slice(iov, n, skip, len, out, out_max, partial ? &took : NULL);
+        g_autofree char *ctx = g_strdup_printf("round %d: %d elements, skip %" PRIu64 " len %"
+                                               PRIu64 " out_max %d%s", round, n, skip, len,
+                                               out_max, partial ? " took" : "");
+        if (need > out_max && !partial) {
+            if (r != -E2BIG)
+                g_test_fail_printf("%s: returned %d, want -E2BIG (%d needed)", ctx, r, need);
+            continue;
+        }
+        int want = MIN(need, out_max);
+        if (r != want) {
+            g_test_fail_printf("%s: returned %d, want %d", ctx, r, want);
+            continue;
+        }
+        uint64_t got = 0;
+        for (int k = 0; k < r; k++) {
+            if (out[k].iov_len == 0)
+                g_test_fail_printf("%s: piece %d is empty", ctx, k);
+            if ((uint8_t *)out[k].iov_base != flat + skip + got)
+                g_test_fail_printf("%s: piece %d does not continue the range", ctx, k);
+            got += out[k].iov_len;
+        }
+        if (partial ? took != got : got != len)
+            g_test_fail_printf("%s: %" PRIu64 " bytes in the pieces, took %" PRIu64, ctx, got,
+                               took);
+        if (need <= out_max && got != len)
+            g_test_fail_printf("%s: %" PRIu64 " bytes, want all %" PRIu64, ctx, got, len);
+        bc_iov_to_buf(out, r, 0, tmp, got);
+        g_assert_cmpmem(tmp, got, flat + skip, got);
+    }
+    g_rand_free(rand);
+}
+
 static void test_parse_size(void)
 {
     static const struct { const char *s; bool ok; uint64_t v; } cases[] = {
@@ -758,6 +896,8 @@ int main(int argc, char **argv)
     g_test_add_func("/model/fua", test_fua);
     g_test_add_func("/model/direct-split", test_direct_split);
     g_test_add_func("/helpers/iov", test_iov_helpers);
+    g_test_add_func("/helpers/iov-slice", test_iov_slice_cases);
+    g_test_add_func("/helpers/iov-slice-random", test_iov_slice_random);
     g_test_add_func("/helpers/parse-size", test_parse_size);
     return g_test_run();
 }

@@ -1,0 +1,9 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+# The sparse engine's range locks grant in arrival order (GTest, see t/unit/layers-sparse.c).
+bin="${LAYERFS_BUILDDIR:-$(dirname "$0")/..}/t/bin/layers-sparse"
+# GTest prints "Bail out!" when an assertion fails, which would stop prove's whole run;
+# turn it into a comment so that only this file fails (its exit status still says so).
+exec 3>&1
+rc=$({ { "$bin" --tap --keep-going; echo $? >&4; } | sed 's/^Bail out!/# Bail out!/' >&3; } 4>&1)
+exit "$rc"
