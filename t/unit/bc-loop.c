@@ -632,18 +632,19 @@ struct fd_watch {
 static void watch_done(struct bc_uop *u, int res, unsigned flags)
 {
     struct fd_watch *w = bc_container_of(u, struct fd_watch, uop);
-    w->calls++;
     w->revents = res;
     uint64_t v;
     if (res > 0 && (res & POLLIN)) {
         ssize_t n = read(w->fd, &v, sizeof v);
         g_assert_cmpint(n, ==, sizeof v);
     }
+    g_atomic_int_inc(&w->calls);
 }
 
 struct efd_writer {
     int fd;
     int times;
+    int *calls;         /* the watch's: each write waits until the last one was seen */
 };
 
 static gpointer efd_writer_thread(gpointer p)
@@ -654,6 +655,9 @@ static gpointer efd_writer_thread(gpointer p)
         uint64_t one = 1;
         ssize_t n = write(e->fd, &one, sizeof one);
         g_assert_cmpint(n, ==, sizeof one);
+        /* Two writes the loop has not read yet make one wakeup, not two. */
+        while (g_atomic_int_get(e->calls) <= i)
+            g_usleep(1000);
     }
     return NULL;
 }
@@ -666,10 +670,10 @@ static void test_watch_fd(void)
     g_assert_cmpint(fd, >=, 0);
     struct fd_watch w = { .uop.done = watch_done, .fd = fd };
     bc_loop_watch_fd(loop, &w.uop, fd);
-    struct efd_writer e = { .fd = fd, .times = 3 };
+    struct efd_writer e = { .fd = fd, .times = 3, .calls = &w.calls };
     GThread *th = g_thread_new("efd", efd_writer_thread, &e);
     struct rescuer *rs = rescuer_start(loop, 1000);
-    while (w.calls < 3)
+    while (g_atomic_int_get(&w.calls) < 3)
         g_assert_cmpint(bc_loop_run_once(loop, true), ==, 0);
     rescuer_finish(rs, "eventfd watch");
     g_thread_join(th);
