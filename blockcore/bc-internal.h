@@ -9,9 +9,6 @@
 
 #include "blockcore/blockcore.h"
 
-/* Reap every available completion and run its callback. */
-void bc_loop_reap(struct bc_loop *loop);
-
 /* ---- bounce budget (bounce.c) ---- */
 
 /* A request waiting for bounce memory; fn runs on loop with buf set. */

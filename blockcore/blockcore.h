@@ -21,21 +21,37 @@
  *
  * Threads.  Every I/O thread owns one struct bc_loop, and every loop owns one io_uring.
  * A request is started on a loop and completes (its callback runs) on that same loop's
- * thread.  Devices (struct bc_dev) are shared by all loops; the only shared mutable state
- * in a device is its write-blocker list, its bounce accounting and its statistics, each
- * guarded by the device mutex.  A request that must wait (for a blocker or for bounce
- * memory) is parked on the shared list and woken with bc_loop_wake(), which posts the
- * continuation back to the request's own loop.
+ * thread; the request itself (dev.c's struct bc_req) is touched only there and takes no
+ * lock.  Devices (struct bc_dev) are shared by all loops and have no lock of their own:
+ * the driver, its props and state pointer are fixed at open, and the serialization switch
+ * (a test hook) is flipped only while no request is in flight.  What does change is
+ * guarded piece by piece:
+ *   - the device's write-blocker list: its own mutex (bc-internal.h, blocker.c), held
+ *     only to queue, grant and drop blockers, never across a wakeup or a driver call;
+ *   - bounce memory: one process-wide budget for all devices and its FIFO of waiters,
+ *     under the bounce lock (bounce.c);
+ *   - the device's statistics: relaxed atomic counters, so a snapshot is not taken at
+ *     one instant (dev.c);
+ *   - the buffer arenas behind bc_buf_alloc(): the pool lock, with a per-thread cache in
+ *     front that needs none (bufpool.c);
+ *   - the driver's own state: the driver's business, since submit() runs on every loop
+ *     at once (drivers/ say how each guards it);
+ *   - a loop's queue of posted tasks, the one part of a loop other threads touch: the
+ *     loop's post lock (loop.c).
+ * A request that must wait (for a blocker or for bounce memory) is parked on that shared
+ * list and woken with bc_loop_wake(), which posts the continuation back to the request's
+ * own loop.  No two of these locks are ever held together.
  *
  * Callbacks are never called from inside the function that started the request: an
- * error found at submission is delivered from the loop.  Callers can therefore start
+ * error found at submission is delivered from the loop, and a full submission queue is
+ * made room in without running any completion (loop.c).  Callers can therefore start
  * requests while holding their own state half-built.
  *
  * Alignment.  Drivers see only requests whose offset and length are multiples of
  * props.req_align and whose every iovec has a base aligned to props.mem_align and a
  * length that is a multiple of props.req_align (what O_DIRECT requires).  Lengths never
  * exceed props.max_transfer.  All the padding, bouncing, read-modify-write and splitting
- * is in blockcore/dev*.c and nowhere else.
+ * is in blockcore/dev.c and nowhere else.
  *
  * End of device.  props.size need not be a multiple of req_align.  A driver request may
  * run past props.size up to the next req_align boundary: the driver returns zeros there

@@ -12,6 +12,7 @@
 #include <liburing.h>
 
 #include "blockcore/bc-internal.h"
+#include "blockcore/testing.h"
 
 /*
  * Notes on the design
@@ -20,6 +21,18 @@
  * bc_loop_stop() must be called on that thread.  Posted tasks go on a list guarded by
  * post_lock and the poster writes the loop's eventfd if the loop may be asleep
  * (post_armed), which the ring watches with a multishot poll.
+ *
+ * Completion callbacks run only from bc_loop_run_once() (its bc_loop_reap()), never from
+ * bc_loop_sqe(): a driver's submit() gets SQEs from it, so a callback run there would run
+ * inside the call that started some other request -- driver.h promises it never does, and
+ * a FUSE reply sent from under a submit() could re-enter the layer that is submitting.
+ * When the SQ is full, bc_loop_sqe() submits, which on its own runs nothing.  The kernel
+ * then takes the SQEs even when the CQ ring is full: with IORING_FEAT_NODROP (required at
+ * bc_loop_new) it keeps the completions that do not fit on an overflow list.  Some 5.x
+ * kernels refuse the submission with -EBUSY while that list cannot be flushed, and any
+ * kernel may answer -EAGAIN when short of memory; then bc_loop_sqe() moves the ready CQEs
+ * to the loop's held list, which frees the CQ ring, without running them, and retries.
+ * Held completions run first at the next reap, so completion order is kept.
  */
 
 struct bc_loop {
@@ -36,7 +49,22 @@ struct bc_loop {
     int wake_fd;
     struct bc_uop wake_uop;
 
+    /* Completions bc_loop_sqe() took off a full CQ ring, oldest first, to run at the next
+     * reap; held_next is the first not yet run.  Owner thread only. */
+    GArray *held;
+    guint held_next;
+    /* Test hook (bc_loop_emulate_busy): answer -EBUSY like a 5.x kernel would. */
+    bool emulate_busy;
+    unsigned busy_answers;
+
     volatile sig_atomic_t stop;
+};
+
+/* A completion as copied out of the CQ ring. */
+struct bc_cqe {
+    struct bc_uop *uop;
+    int res;
+    unsigned flags;
 };
 
 static __thread struct bc_loop *current_loop;
@@ -84,6 +112,14 @@ struct bc_loop *bc_loop_new(unsigned index, unsigned ring_entries, GError **errp
         g_set_error(errp, BC_ERROR, -ret, "io_uring_queue_init: %s", g_strerror(-ret));
         goto fail;
     }
+    if (!(p.features & IORING_FEAT_NODROP)) {
+        /* Without it a full CQ ring loses completions, and their requests never end. */
+        io_uring_queue_exit(&loop->ring);
+        g_set_error(errp, BC_ERROR, ENOSYS,
+                    "io_uring: the kernel lacks IORING_FEAT_NODROP (Linux 5.5)");
+        goto fail;
+    }
+    loop->held = g_array_new(FALSE, FALSE, sizeof(struct bc_cqe));
     loop->wake_uop.done = wake_done;
     bc_loop_watch_fd(loop, &loop->wake_uop, loop->wake_fd);
     current_loop = loop;
@@ -102,6 +138,7 @@ void bc_loop_free(struct bc_loop *loop)
     if (!loop)
         return;
     io_uring_queue_exit(&loop->ring);
+    g_array_free(loop->held, TRUE);
     close(loop->wake_fd);
     pthread_mutex_destroy(&loop->post_lock);
     if (current_loop == loop)
@@ -124,21 +161,65 @@ struct io_uring *bc_loop_ring(struct bc_loop *loop)
     return &loop->ring;
 }
 
+/* Move the ready CQEs to the held list without running them; returns how many. */
+static unsigned hold_ready(struct bc_loop *loop)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+
+    io_uring_for_each_cqe(&loop->ring, head, cqe) {
+        struct bc_cqe c = { io_uring_cqe_get_data(cqe), cqe->res, cqe->flags };
+        g_array_append_val(loop->held, c);
+        n++;
+    }
+    io_uring_cq_advance(&loop->ring, n);
+    return n;
+}
+
+/* io_uring_submit(), or the -EBUSY a 5.x kernel gives while its CQ overflow list cannot be
+ * flushed into a full CQ ring, when a test asks for it. */
+static int submit_for_room(struct bc_loop *loop)
+{
+    if (loop->emulate_busy && io_uring_cq_has_overflow(&loop->ring) &&
+        io_uring_cq_ready(&loop->ring) >= loop->ring.cq.ring_entries) {
+        loop->busy_answers++;
+        return -EBUSY;
+    }
+    return io_uring_submit(&loop->ring);
+}
+
 struct io_uring_sqe *bc_loop_sqe(struct bc_loop *loop, struct bc_uop *uop)
 {
     struct io_uring_sqe *sqe;
 
+    /* Never run a callback here: see the notes on the design. */
     while (!(sqe = io_uring_get_sqe(&loop->ring))) {
-        int ret = io_uring_submit(&loop->ring);
+        int ret = submit_for_room(loop);
         if (ret < 0 && ret != -EAGAIN && ret != -EBUSY && ret != -EINTR)
             g_error("io_uring_submit: %s", g_strerror(-ret));
-        if (ret <= 0) {
-            /* The CQ is full: reap (and complete) something to make room. */
-            bc_loop_reap(loop);
+        if (ret > 0 || ret == -EINTR)
+            continue;
+        /* The kernel took nothing: free the CQ ring, or wait until it has something to
+         * free, and try again. */
+        if (!hold_ready(loop)) {
+            struct io_uring_cqe *cqe;
+            ret = io_uring_wait_cqe(&loop->ring, &cqe);
+            if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+                g_error("io_uring_wait_cqe: %s", g_strerror(-ret));
+            hold_ready(loop);
         }
     }
     io_uring_sqe_set_data(sqe, uop);
     return sqe;
+}
+
+unsigned bc_loop_emulate_busy(struct bc_loop *loop, bool on)
+{
+    unsigned n = loop->busy_answers;
+
+    loop->emulate_busy = on;
+    loop->busy_answers = 0;
+    return n;
 }
 
 void bc_loop_defer(struct bc_loop *loop, struct bc_task *task)
@@ -183,18 +264,32 @@ void bc_loop_watch_fd(struct bc_loop *loop, struct bc_uop *uop, int fd)
     io_uring_sqe_set_data(sqe, uop);
 }
 
-void bc_loop_reap(struct bc_loop *loop)
+/* Run the held completions, oldest first.  A callback may hold more (they are newer) or
+ * reap recursively, so take one at a time and reset the list only once it is empty. */
+static void run_held(struct bc_loop *loop)
+{
+    if (!loop->held->len)
+        return;
+    while (loop->held_next < loop->held->len) {
+        struct bc_cqe c = g_array_index(loop->held, struct bc_cqe, loop->held_next++);
+        if (c.uop)
+            c.uop->done(c.uop, c.res, c.flags);
+    }
+    g_array_set_size(loop->held, 0);
+    loop->held_next = 0;
+}
+
+/* Run the completions that are ready; the one place callbacks are called from. */
+static void bc_loop_reap(struct bc_loop *loop)
 {
     struct io_uring_cqe *cqe;
     unsigned head, n = 0;
     /* Collect first, then run: a callback may submit and reap recursively. */
-    struct {
-        struct bc_uop *uop;
-        int res;
-        unsigned flags;
-    } batch[64];
+    struct bc_cqe batch[64];
 
     for (;;) {
+        /* Held completions are older than anything still in the ring. */
+        run_held(loop);
         n = 0;
         io_uring_for_each_cqe(&loop->ring, head, cqe) {
             batch[n].uop = io_uring_cqe_get_data(cqe);
@@ -253,7 +348,7 @@ int bc_loop_run_once(struct bc_loop *loop, bool block)
     /* Sleep only when nothing is queued, and only with post_armed set so that a
      * poster knows to kick the eventfd.  Tasks run last, so a caller checking its own
      * completion flag after we return sees everything this iteration did. */
-    if (loop->defer_head || loop->stop)
+    if (loop->defer_head || loop->stop || loop->held->len)
         block = false;
     if (block) {
         pthread_mutex_lock(&loop->post_lock);

@@ -40,7 +40,7 @@ struct bc_loop *bc_loop_current(void);
 unsigned bc_loop_index(const struct bc_loop *loop);
 /* The loop's ring, for drivers. */
 struct io_uring *bc_loop_ring(struct bc_loop *loop);
-/* A fresh SQE with user_data set to uop; submits to make room when the SQ is full. */
+/* A fresh SQE with user_data set to uop; submits to make room, never runs a callback. */
 struct io_uring_sqe *bc_loop_sqe(struct bc_loop *loop, struct bc_uop *uop);
 /* Run task on this loop's next iteration; caller must be on loop's thread. */
 void bc_loop_defer(struct bc_loop *loop, struct bc_task *task);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Hooks for tests only: switches that turn a mechanism off to show that the tests catch its
- * absence, and runtime fault injection for the fault driver (drivers/fault.c). */
+ * absence, an old kernel's answer to emulate, and runtime fault injection for the fault
+ * driver (drivers/fault.c). */
 #ifndef LAYERFS_BLOCKCORE_TESTING_H
 #define LAYERFS_BLOCKCORE_TESTING_H
 
@@ -8,6 +9,9 @@
 
 /* Turn write serialization off (and on again) on one device. */
 void bc_dev_set_serialize(struct bc_dev *dev, bool on);
+
+/* While on, bc_loop_sqe() meets -EBUSY on CQ overflow (as on 5.x); returns how often since. */
+unsigned bc_loop_emulate_busy(struct bc_loop *loop, bool on);
 
 /* Runtime fault injection for the test-only fault driver: fail ops of kind op (READ or
  * WRITE) that touch [offset, offset+len) with -err, once armed; after_n: fail every

@@ -82,6 +82,7 @@ struct fo_daemon {
     struct fo_thread **threads;
     int event_fd;            /* an eventfd the I/O threads write to wake the main thread */
     atomic_bool init_done;   /* FUSE_INIT processed */
+    atomic_bool open_raw;    /* set at INIT: fo_open_raw_ok() for the kernel's version */
     atomic_bool unmounted;   /* the kernel ended the session (ENODEV) */
     atomic_uint drained;     /* threads that stopped receiving and have nothing in flight */
     atomic_bool flushed;     /* the final flush of every disk completed */
@@ -171,8 +172,18 @@ void *fo_io_read_buf(struct fo_io *io, uint64_t len);
 void fo_io_keep_receive_buf(struct fo_io *io);
 
 /* On an I/O thread, for the OPEN being processed: reply with open_flags (FOPEN_*) that
- * libfuse 3.14 cannot send.  false (nothing sent) if the request is not at hand. */
+ * libfuse 3.14 cannot send.  false (nothing sent) if the request is not at hand or the
+ * kernel does not know the flags. */
 bool fo_reply_open_direct(fuse_req_t req, fuse_ino_t ino, uint64_t fh, uint32_t open_flags);
+
+/* The FUSE minor version that added FOPEN_PARALLEL_DIRECT_WRITES. */
+#define FO_MINOR_PARALLEL_DIRECT_WRITES 38
+
+/* true if a kernel whose INIT said FUSE major.minor knows fo_reply_open_direct()'s flags. */
+static inline bool fo_open_raw_ok(unsigned major, unsigned minor)
+{
+    return major == 7 && minor >= FO_MINOR_PARALLEL_DIRECT_WRITES;
+}
 
 /* ---- main.c ---- */
 

@@ -201,12 +201,20 @@ void fo_io_put(struct fo_io *io)
  * takes the inode lock exclusively around every direct write, serialising writers of one
  * file.  The OPEN request being processed is still in this thread's receive buffer, so its
  * unique id is known: send the reply ourselves and let libfuse free the request.
+ *
+ * Only to a kernel whose INIT announced FUSE 7.38 or later (conn->proto_minor; d->open_raw
+ * is set at INIT), the version that added the flag; older ones get libfuse's reply.  The
+ * reply itself (fuse_out_header, then the 16-byte fuse_open_out) has not changed since
+ * 7.0.  The minor libfuse 3.14.0 answers INIT with is 31, so the protocol's "smaller of
+ * the two" would rule out this flag (and FOPEN_NOFLUSH, 7.35, which libfuse sends
+ * itself) on every kernel; but a kernel acts on the open_flags it knows whatever minor
+ * the daemon announced, so it is the kernel's minor that decides.
  */
 bool fo_reply_open_direct(fuse_req_t req, fuse_ino_t ino, uint64_t fh, uint32_t open_flags)
 {
     struct fo_thread *thr = fo_self;
 
-    if (thr == NULL || thr->cur == NULL)
+    if (thr == NULL || thr->cur == NULL || !atomic_load(&thr->d->open_raw))
         return false;
     const struct fuse_in_header *in = (const struct fuse_in_header *)thr->cur->mem;
     if (in->opcode != FUSE_OPEN || in->nodeid != ino)

@@ -77,6 +77,7 @@ static void fo_init(void *userdata, struct fuse_conn_info *conn)
     conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
     fo_log(1, "FUSE %u.%u, max_write %u, max_background %u", conn->proto_major,
            conn->proto_minor, conn->max_write, conn->max_background);
+    atomic_store(&d->open_raw, fo_open_raw_ok(conn->proto_major, conn->proto_minor));
     atomic_store(&d->init_done, true);
     fo_notify_main(d);
 }

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The event loop: deferred tasks run in order on the loop's thread, posts from other threads
- * wake a blocked loop, stop works from anywhere, fd watches and raw SQEs complete. */
+ * wake a blocked loop, stop works from anywhere, fd watches and raw SQEs complete, and a full
+ * SQ never runs a callback inside the submission that needed room. */
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
@@ -451,6 +452,176 @@ static void test_sqe_nop(void)
     bc_loop_free(loop);
 }
 
+/* ---- a full SQ: bc_loop_sqe frees room without running callbacks ----------------------
+ * Real operations -- reads through the file driver's submit(), eventfd and pipe reads,
+ * expired timeouts -- many more than the SQ (64) and the CQ ring (128) hold, with no loop
+ * iteration in between.  A callback that runs while a submission is under way breaks
+ * driver.h's promise; none may run before the loop does, and then each exactly once. */
+enum { FULL_N = 512, FULL_BLK = 4096 };
+
+struct full_ctx {
+    int in_submit;      /* > 0 while a submission (driver submit or raw SQE) is under way */
+    int in_callback;    /* callbacks seen while in_submit */
+    unsigned pending;
+    int pipe_next;      /* the pipe read whose callback should run next */
+    int pipe_disorder;
+};
+
+struct full_op {
+    struct bc_uop uop;  /* raw SQEs */
+    struct bc_dreq dreq;/* file driver reads */
+    struct full_ctx *ctx;
+    int kind;
+    int seq;            /* pipe reads: order of submission */
+    int res;
+    int calls;
+    uint64_t val;       /* eventfd and pipe reads land here */
+    struct __kernel_timespec ts;
+    struct iovec iov;
+};
+
+static void full_note(struct full_op *op, int res)
+{
+    struct full_ctx *c = op->ctx;
+    if (c->in_submit)
+        c->in_callback++;
+    op->res = res;
+    if (op->calls++ == 0)
+        c->pending--;
+    if (op->kind == 2) {
+        if (op->seq != c->pipe_next)
+            c->pipe_disorder++;
+        c->pipe_next = op->seq + 1;
+    }
+}
+
+static void full_uop_done(struct bc_uop *u, int res, unsigned flags)
+{
+    full_note(bc_container_of(u, struct full_op, uop), res);
+}
+
+static void full_dreq_done(struct bc_dreq *d, int res)
+{
+    full_note(bc_container_of(d, struct full_op, dreq), res);
+}
+
+static void sqe_full_run(bool emulate_busy)
+{
+    struct bc_loop *loop = new_loop();  /* 64 SQ entries, 128 CQ entries */
+    struct full_ctx ctx = { 0 };
+    struct full_op *ops = g_new0(struct full_op, FULL_N);
+    uint8_t *data = g_malloc(FULL_BLK * FULL_N / 4), *got = g_malloc0(FULL_BLK * FULL_N / 4);
+    g_autoptr(GError) err = NULL;
+    g_autofree char *path = NULL;
+    int pfd[2];
+
+    /* The file driver's source: a file with a pattern, read FULL_BLK at a time. */
+    int tfd = g_file_open_tmp("bc-loop-XXXXXX", &path, &err);
+    g_assert_no_error(err);
+    for (size_t i = 0; i < FULL_BLK * FULL_N / 4; i++)
+        data[i] = (uint8_t)(i * 7 + i / FULL_BLK);
+    g_assert_true(write(tfd, data, FULL_BLK * FULL_N / 4) == FULL_BLK * FULL_N / 4);
+    close(tfd);
+    struct bc_open_args args = { .what = "test", .path = path, .read_only = true };
+    struct bc_props props = { 0 };
+    void *file = bc_drv_file.open(&args, &props, &err);
+    g_assert_no_error(err);
+    g_assert_nonnull(file);
+
+    int efd = eventfd(FULL_N, EFD_SEMAPHORE | EFD_NONBLOCK | EFD_CLOEXEC);
+    g_assert_cmpint(efd, >=, 0);
+    g_assert_cmpint(pipe(pfd), ==, 0);
+    for (uint64_t k = 0; k < FULL_N / 4; k++)
+        g_assert_true(write(pfd[1], &k, sizeof k) == sizeof k);
+
+    bc_loop_emulate_busy(loop, emulate_busy);
+    ctx.pending = FULL_N;
+    for (int i = 0; i < FULL_N; i++) {
+        struct full_op *op = &ops[i];
+        struct io_uring_sqe *sqe;
+
+        *op = (struct full_op){ .ctx = &ctx, .kind = i % 4, .seq = i / 4, .res = 1 };
+        op->uop.done = full_uop_done;
+        ctx.in_submit++;
+        switch (op->kind) {
+        case 0:         /* a driver request: the file driver's own submit path */
+            op->iov = (struct iovec){ got + (size_t)(i / 4) * FULL_BLK, FULL_BLK };
+            op->dreq = (struct bc_dreq){ .loop = loop, .op = BC_OP_READ,
+                                         .offset = (uint64_t)(i / 4) * FULL_BLK,
+                                         .len = FULL_BLK, .iov = &op->iov, .iovcnt = 1,
+                                         .done = full_dreq_done };
+            bc_drv_file.submit(file, &op->dreq);
+            break;
+        case 1:         /* one unit off a semaphore eventfd */
+            sqe = bc_loop_sqe(loop, &op->uop);
+            io_uring_prep_read(sqe, efd, &op->val, sizeof op->val, 0);
+            break;
+        case 2:         /* the next 8 bytes of the pipe */
+            sqe = bc_loop_sqe(loop, &op->uop);
+            io_uring_prep_read(sqe, pfd[0], &op->val, sizeof op->val, 0);
+            break;
+        default:        /* a timeout that has already expired */
+            sqe = bc_loop_sqe(loop, &op->uop);
+            io_uring_prep_timeout(sqe, &op->ts, 0, 0);
+            break;
+        }
+        ctx.in_submit--;
+    }
+    unsigned busy = bc_loop_emulate_busy(loop, false);
+    g_assert_cmpint(ctx.in_callback, ==, 0);
+    g_assert_cmpuint(ctx.pending, ==, FULL_N);  /* nothing completes before the loop runs */
+    if (emulate_busy)
+        g_assert_cmpuint(busy, >, 0);           /* the -EBUSY path was taken */
+
+    tu_run_until_done(loop, &ctx.pending);
+    g_assert_cmpint(ctx.in_callback, ==, 0);
+    for (int i = 0; i < FULL_N; i++) {
+        struct full_op *op = &ops[i];
+        g_assert_cmpint(op->calls, ==, 1);
+        switch (op->kind) {
+        case 0:
+            g_assert_cmpint(op->res, ==, 0);
+            break;
+        case 1:
+            g_assert_cmpint(op->res, ==, sizeof op->val);
+            g_assert_cmpuint(op->val, ==, 1);
+            break;
+        case 2:
+            g_assert_cmpint(op->res, ==, sizeof op->val);
+            g_assert_cmpuint(op->val, ==, (uint64_t)op->seq);
+            break;
+        default:
+            g_assert_cmpint(op->res, ==, -ETIME);
+            break;
+        }
+    }
+    g_assert_cmpmem(got, FULL_BLK * FULL_N / 4, data, FULL_BLK * FULL_N / 4);
+    /* Held completions run before the newer ones left in the ring. */
+    g_assert_cmpint(ctx.pipe_disorder, ==, 0);
+
+    bc_drv_file.close(file);
+    unlink(path);
+    close(efd);
+    close(pfd[0]);
+    close(pfd[1]);
+    g_free(data);
+    g_free(got);
+    g_free(ops);
+    tu_loop_free(loop);
+}
+
+/* Today's kernels take a full SQ even when the CQ ring overflows (IORING_FEAT_NODROP). */
+static void test_sqe_full(void)
+{
+    sqe_full_run(false);
+}
+
+/* Kernels that answer -EBUSY while the CQ overflow list cannot be flushed. */
+static void test_sqe_full_busy(void)
+{
+    sqe_full_run(true);
+}
+
 struct fd_watch {
     struct bc_uop uop;
     int fd;
@@ -461,18 +632,19 @@ struct fd_watch {
 static void watch_done(struct bc_uop *u, int res, unsigned flags)
 {
     struct fd_watch *w = bc_container_of(u, struct fd_watch, uop);
-    w->calls++;
     w->revents = res;
     uint64_t v;
     if (res > 0 && (res & POLLIN)) {
         ssize_t n = read(w->fd, &v, sizeof v);
         g_assert_cmpint(n, ==, sizeof v);
     }
+    g_atomic_int_inc(&w->calls);
 }
 
 struct efd_writer {
     int fd;
     int times;
+    int *calls;         /* the watch's: each write waits until the last one was seen */
 };
 
 static gpointer efd_writer_thread(gpointer p)
@@ -483,6 +655,9 @@ static gpointer efd_writer_thread(gpointer p)
         uint64_t one = 1;
         ssize_t n = write(e->fd, &one, sizeof one);
         g_assert_cmpint(n, ==, sizeof one);
+        /* Two writes the loop has not read yet make one wakeup, not two. */
+        while (g_atomic_int_get(e->calls) <= i)
+            g_usleep(1000);
     }
     return NULL;
 }
@@ -495,10 +670,10 @@ static void test_watch_fd(void)
     g_assert_cmpint(fd, >=, 0);
     struct fd_watch w = { .uop.done = watch_done, .fd = fd };
     bc_loop_watch_fd(loop, &w.uop, fd);
-    struct efd_writer e = { .fd = fd, .times = 3 };
+    struct efd_writer e = { .fd = fd, .times = 3, .calls = &w.calls };
     GThread *th = g_thread_new("efd", efd_writer_thread, &e);
     struct rescuer *rs = rescuer_start(loop, 1000);
-    while (w.calls < 3)
+    while (g_atomic_int_get(&w.calls) < 3)
         g_assert_cmpint(bc_loop_run_once(loop, true), ==, 0);
     rescuer_finish(rs, "eventfd watch");
     g_thread_join(th);
@@ -548,6 +723,8 @@ int main(int argc, char **argv)
     g_test_add_func("/loop/stop-before-run", test_stop_before_run);
     g_test_add_func("/loop/wake", test_wake);
     g_test_add_func("/loop/sqe-nop", test_sqe_nop);
+    g_test_add_func("/loop/sqe-full", test_sqe_full);
+    g_test_add_func("/loop/sqe-full-busy", test_sqe_full_busy);
     g_test_add_func("/loop/watch-fd", test_watch_fd);
     g_test_add_func("/loop/per-thread", test_loop_per_thread);
     return g_test_run();
