@@ -5,7 +5,6 @@
 #ifndef LAYERFS_BLOCKCORE_H
 #define LAYERFS_BLOCKCORE_H
 
-#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -26,7 +25,7 @@
  * the driver, its props and state pointer are fixed at open, and the serialization switch
  * (a test hook) is flipped only while no request is in flight.  What does change is
  * guarded piece by piece:
- *   - the device's write-blocker list: its own mutex (bc-internal.h, blocker.c), held
+ *   - the device's write-blocker list: its own mutex (blocker.c), held
  *     only to queue, grant and drop blockers, never across a wakeup or a driver call;
  *   - bounce memory: one process-wide budget for all devices and its FIFO of waiters,
  *     under the bounce lock (bounce.c);
@@ -41,6 +40,11 @@
  * A request that must wait (for a blocker or for bounce memory) is parked on that shared
  * list and woken with bc_loop_wake(), which posts the continuation back to the request's
  * own loop.  No two of these locks are ever held together.
+ *
+ * One lock primitive and one atomics style, in blockcore and everywhere else in layerfs:
+ * locks are GLib's GMutex (and GCond), a static one needing no initialisation; atomics
+ * are GCC's __atomic builtins on plain fields with the memory order written out, and the
+ * field's comment says it is atomic.
  *
  * Callbacks are never called from inside the function that started the request: an
  * error found at submission is delivered from the loop, and a full submission queue is
@@ -130,7 +134,7 @@ struct bc_blocker {
 };
 
 struct bc_blocker_list {
-    pthread_mutex_t lock;       /* protects the list and every member's granted flag */
+    GMutex lock;       /* protects the list and every member's granted flag */
     struct bc_blocker *head, *tail;
 };
 

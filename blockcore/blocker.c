@@ -6,14 +6,14 @@
 
 void bc_blockers_init(struct bc_blocker_list *l)
 {
-    pthread_mutex_init(&l->lock, NULL);
+    g_mutex_init(&l->lock);
     l->head = l->tail = NULL;
 }
 
 void bc_blockers_destroy(struct bc_blocker_list *l)
 {
     assert(!l->head);
-    pthread_mutex_destroy(&l->lock);
+    g_mutex_clear(&l->lock);
 }
 
 static bool conflicts(const struct bc_blocker *a, const struct bc_blocker *b)
@@ -37,7 +37,7 @@ bool bc_blocker_acquire(struct bc_blocker_list *l, struct bc_blocker *b, struct 
     assert(b->start < b->end);
     b->loop = loop;
     b->next = NULL;
-    pthread_mutex_lock(&l->lock);
+    g_mutex_lock(&l->lock);
     b->prev = l->tail;
     if (l->tail)
         l->tail->next = b;
@@ -45,7 +45,7 @@ bool bc_blocker_acquire(struct bc_blocker_list *l, struct bc_blocker *b, struct 
         l->head = b;
     l->tail = b;
     granted = b->granted = grantable(b);
-    pthread_mutex_unlock(&l->lock);
+    g_mutex_unlock(&l->lock);
     /* Not b->granted: once unlocked, another thread may grant b and post its task. */
     return granted;
 }
@@ -58,7 +58,7 @@ void bc_blocker_release(struct bc_blocker_list *l, struct bc_blocker *b)
 
     do {
         more = false;
-        pthread_mutex_lock(&l->lock);
+        g_mutex_lock(&l->lock);
         if (b) {
             assert(b->granted);
             if (b->prev)
@@ -81,7 +81,7 @@ void bc_blocker_release(struct bc_blocker_list *l, struct bc_blocker *b)
             e->granted = true;
             wake[nwake++] = e;
         }
-        pthread_mutex_unlock(&l->lock);
+        g_mutex_unlock(&l->lock);
         /* Wake outside the lock; a woken request may release (and free) its blocker at
          * once on another thread, so nothing here touches e after this point. */
         for (unsigned i = 0; i < nwake; i++)

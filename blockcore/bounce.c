@@ -7,50 +7,49 @@
 
 #include "blockcore/bc-internal.h"
 
-/* All of these are protected by lock. */
+/* All of these are protected by lock (a static GMutex needs no initialisation). */
 static struct {
-    pthread_mutex_t lock;
+    GMutex lock;
     size_t budget;
     size_t in_use;
     size_t peak;
     struct bc_bounce_wait *head, *tail;     /* waiters, FIFO */
 } bounce = {
-    .lock = PTHREAD_MUTEX_INITIALIZER,
     .budget = BC_BOUNCE_DEFAULT_BUDGET,
 };
 
 void bc_bounce_set_budget(size_t bytes)
 {
-    pthread_mutex_lock(&bounce.lock);
+    g_mutex_lock(&bounce.lock);
     bounce.budget = MAX(bytes, (size_t)64 << 10);
-    pthread_mutex_unlock(&bounce.lock);
+    g_mutex_unlock(&bounce.lock);
 }
 
 size_t bc_bounce_budget(void)
 {
     size_t b;
 
-    pthread_mutex_lock(&bounce.lock);
+    g_mutex_lock(&bounce.lock);
     b = bounce.budget;
-    pthread_mutex_unlock(&bounce.lock);
+    g_mutex_unlock(&bounce.lock);
     return b;
 }
 
 void bc_bounce_usage(size_t *in_use, size_t *peak)
 {
-    pthread_mutex_lock(&bounce.lock);
+    g_mutex_lock(&bounce.lock);
     if (in_use)
         *in_use = bounce.in_use;
     if (peak)
         *peak = bounce.peak;
-    pthread_mutex_unlock(&bounce.lock);
+    g_mutex_unlock(&bounce.lock);
 }
 
 void bc_bounce_reset_peak(void)
 {
-    pthread_mutex_lock(&bounce.lock);
+    g_mutex_lock(&bounce.lock);
     bounce.peak = bounce.in_use;
-    pthread_mutex_unlock(&bounce.lock);
+    g_mutex_unlock(&bounce.lock);
 }
 
 /* Called with the lock held: can len bytes be handed out now?  A request larger than
@@ -69,10 +68,10 @@ static void account(size_t len)
 
 void *bc_bounce_get(size_t len, struct bc_bounce_wait *w, struct bc_loop *loop)
 {
-    pthread_mutex_lock(&bounce.lock);
+    g_mutex_lock(&bounce.lock);
     if (!bounce.head && fits(len)) {
         account(len);
-        pthread_mutex_unlock(&bounce.lock);
+        g_mutex_unlock(&bounce.lock);
         return bc_buf_alloc(len);
     }
     w->loop = loop;
@@ -84,7 +83,7 @@ void *bc_bounce_get(size_t len, struct bc_bounce_wait *w, struct bc_loop *loop)
     else
         bounce.head = w;
     bounce.tail = w;
-    pthread_mutex_unlock(&bounce.lock);
+    g_mutex_unlock(&bounce.lock);
     return NULL;
 }
 
@@ -93,7 +92,7 @@ void bc_bounce_put(void *buf, size_t len)
     struct bc_bounce_wait *ready = NULL, **rtail = &ready;
 
     bc_buf_free(buf);
-    pthread_mutex_lock(&bounce.lock);
+    g_mutex_lock(&bounce.lock);
     assert(bounce.in_use >= len);
     bounce.in_use -= len;
     while (bounce.head && fits(bounce.head->len)) {
@@ -106,7 +105,7 @@ void bc_bounce_put(void *buf, size_t len)
         *rtail = w;
         rtail = &w->next;
     }
-    pthread_mutex_unlock(&bounce.lock);
+    g_mutex_unlock(&bounce.lock);
 
     /* Allocate and wake outside the lock. */
     while (ready) {

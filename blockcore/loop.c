@@ -4,7 +4,6 @@
 
 #include <errno.h>
 #include <poll.h>
-#include <pthread.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -43,7 +42,7 @@ struct bc_loop {
     struct bc_task *defer_head, **defer_tail;
 
     /* Posted tasks from any thread, FIFO; protected by post_lock. */
-    pthread_mutex_t post_lock;
+    GMutex post_lock;
     struct bc_task *post_head, **post_tail;
     bool post_armed;            /* protected by post_lock: loop might be sleeping */
     int wake_fd;
@@ -95,7 +94,7 @@ struct bc_loop *bc_loop_new(unsigned index, unsigned ring_entries, GError **errp
     loop->index = index;
     loop->defer_tail = &loop->defer_head;
     loop->post_tail = &loop->post_head;
-    pthread_mutex_init(&loop->post_lock, NULL);
+    g_mutex_init(&loop->post_lock);
     loop->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (loop->wake_fd < 0) {
         g_set_error(errp, BC_ERROR, errno, "eventfd: %s", g_strerror(errno));
@@ -128,7 +127,7 @@ struct bc_loop *bc_loop_new(unsigned index, unsigned ring_entries, GError **errp
 fail:
     if (loop->wake_fd >= 0)
         close(loop->wake_fd);
-    pthread_mutex_destroy(&loop->post_lock);
+    g_mutex_clear(&loop->post_lock);
     g_free(loop);
     return NULL;
 }
@@ -140,7 +139,7 @@ void bc_loop_free(struct bc_loop *loop)
     io_uring_queue_exit(&loop->ring);
     g_array_free(loop->held, TRUE);
     close(loop->wake_fd);
-    pthread_mutex_destroy(&loop->post_lock);
+    g_mutex_clear(&loop->post_lock);
     if (current_loop == loop)
         current_loop = NULL;
     g_free(loop);
@@ -235,12 +234,12 @@ void bc_loop_post(struct bc_loop *loop, struct bc_task *task)
     bool kick;
 
     task->next = NULL;
-    pthread_mutex_lock(&loop->post_lock);
+    g_mutex_lock(&loop->post_lock);
     *loop->post_tail = task;
     loop->post_tail = &task->next;
     kick = loop->post_armed;
     loop->post_armed = false;
-    pthread_mutex_unlock(&loop->post_lock);
+    g_mutex_unlock(&loop->post_lock);
     if (kick) {
         uint64_t one = 1;
         ssize_t r = write(loop->wake_fd, &one, sizeof(one));
@@ -313,11 +312,11 @@ static unsigned run_tasks(struct bc_loop *loop)
     unsigned count = 0;
     struct bc_task *list;
 
-    pthread_mutex_lock(&loop->post_lock);
+    g_mutex_lock(&loop->post_lock);
     list = loop->post_head;
     loop->post_head = NULL;
     loop->post_tail = &loop->post_head;
-    pthread_mutex_unlock(&loop->post_lock);
+    g_mutex_unlock(&loop->post_lock);
     if (list) {
         /* Posted tasks go behind the deferred ones, in order. */
         *loop->defer_tail = list;
@@ -351,18 +350,18 @@ int bc_loop_run_once(struct bc_loop *loop, bool block)
     if (loop->defer_head || loop->stop || loop->held->len)
         block = false;
     if (block) {
-        pthread_mutex_lock(&loop->post_lock);
+        g_mutex_lock(&loop->post_lock);
         if (loop->post_head)
             block = false;
         else
             loop->post_armed = true;
-        pthread_mutex_unlock(&loop->post_lock);
+        g_mutex_unlock(&loop->post_lock);
     }
     if (block) {
         ret = io_uring_submit_and_wait(&loop->ring, 1);
-        pthread_mutex_lock(&loop->post_lock);
+        g_mutex_lock(&loop->post_lock);
         loop->post_armed = false;
-        pthread_mutex_unlock(&loop->post_lock);
+        g_mutex_unlock(&loop->post_lock);
     } else {
         ret = io_uring_submit(&loop->ring);
     }

@@ -6,7 +6,6 @@
 
 #define FUSE_USE_VERSION 314
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <pthread.h>
@@ -66,7 +65,8 @@ struct fo_disk {
 struct fo_thread;
 
 /* The daemon: set up by the main thread before the I/O threads start, then read-only
- * except for the atomics, which carry the events the main thread waits for. */
+ * except for the fields below marked "atomic" (read and written only with __atomic builtins),
+ * which carry the events the main thread waits for. */
 struct fo_daemon {
     struct fuse_session *se;
     int fuse_fd;
@@ -81,12 +81,12 @@ struct fo_daemon {
     unsigned nthreads;
     struct fo_thread **threads;
     int event_fd;            /* an eventfd the I/O threads write to wake the main thread */
-    atomic_bool init_done;   /* FUSE_INIT processed */
-    atomic_bool open_raw;    /* set at INIT: fo_open_raw_ok() for the kernel's version */
-    atomic_bool unmounted;   /* the kernel ended the session (ENODEV) */
-    atomic_uint drained;     /* threads that stopped receiving and have nothing in flight */
-    atomic_bool flushed;     /* the final flush of every disk completed */
-    atomic_int flush_res;    /* its first error, or 0 */
+    bool init_done;          /* atomic: FUSE_INIT processed */
+    bool open_raw;           /* atomic: set at INIT, fo_open_raw_ok() for the kernel's version */
+    bool unmounted;          /* atomic: the kernel ended the session (ENODEV) */
+    unsigned drained;        /* atomic: threads that stopped receiving, nothing in flight */
+    bool flushed;            /* atomic: the final flush of every disk completed */
+    int flush_res;           /* atomic: its first error, or 0 */
 };
 
 /* ---- setup.c ---- */

@@ -55,8 +55,8 @@ struct fo_thread {
     struct bc_task flush_task;
     unsigned flush_pending;
     /* Start-up handshake with fo_threads_start(). */
-    pthread_mutex_t start_lock;
-    pthread_cond_t start_cond;
+    GMutex start_lock;
+    GCond start_cond;
     int start_state;            /* 0 starting, 1 running, -1 failed */
     char *start_error;
 };
@@ -121,7 +121,7 @@ static void check_drained(struct fo_thread *thr)
 {
     if (thr->stopping && thr->inflight == 0 && !thr->drained_reported) {
         thr->drained_reported = true;
-        atomic_fetch_add(&thr->d->drained, 1);
+        __atomic_add_fetch(&thr->d->drained, 1, __ATOMIC_RELEASE);
         fo_notify_main(thr->d);
     }
 }
@@ -214,7 +214,8 @@ bool fo_reply_open_direct(fuse_req_t req, fuse_ino_t ino, uint64_t fh, uint32_t 
 {
     struct fo_thread *thr = fo_self;
 
-    if (thr == NULL || thr->cur == NULL || !atomic_load(&thr->d->open_raw))
+    if (thr == NULL || thr->cur == NULL ||
+        !__atomic_load_n(&thr->d->open_raw, __ATOMIC_ACQUIRE))
         return false;
     const struct fuse_in_header *in = (const struct fuse_in_header *)thr->cur->mem;
     if (in->opcode != FUSE_OPEN || in->nodeid != ino)
@@ -260,7 +261,7 @@ static void receive_batch(struct fo_thread *thr)
             if (fuse_session_exited(d->se)) {
                 fo_log(1, "the kernel ended the session (unmounted)");
                 thr->stopping = true;
-                atomic_store(&d->unmounted, true);
+                __atomic_store_n(&d->unmounted, true, __ATOMIC_RELEASE);
                 fo_notify_main(d);
                 check_drained(thr);
             } else {
@@ -307,7 +308,7 @@ static void *thread_main(void *arg)
 
     fo_self = thr;
     thr->loop = bc_loop_new(thr->index, FO_RING_ENTRIES, &err);
-    pthread_mutex_lock(&thr->start_lock);
+    g_mutex_lock(&thr->start_lock);
     if (thr->loop == NULL) {
         thr->start_error = g_strdup(err->message);
         g_error_free(err);
@@ -315,8 +316,8 @@ static void *thread_main(void *arg)
     } else {
         thr->start_state = 1;
     }
-    pthread_cond_signal(&thr->start_cond);
-    pthread_mutex_unlock(&thr->start_lock);
+    g_cond_signal(&thr->start_cond);
+    g_mutex_unlock(&thr->start_lock);
     if (thr->loop == NULL)
         return NULL;
 
@@ -351,8 +352,8 @@ bool fo_threads_start(struct fo_daemon *d, GError **errp)
         struct fo_thread *thr = g_new0(struct fo_thread, 1);
         thr->d = d;
         thr->index = i;
-        pthread_mutex_init(&thr->start_lock, NULL);
-        pthread_cond_init(&thr->start_cond, NULL);
+        g_mutex_init(&thr->start_lock);
+        g_cond_init(&thr->start_cond);
         int e = pthread_create(&thr->tid, NULL, thread_main, thr);
         if (e != 0) {
             g_set_error(errp, LF_ERROR, e, "cannot start I/O thread %u: %s", i,
@@ -362,10 +363,10 @@ bool fo_threads_start(struct fo_daemon *d, GError **errp)
             return false;
         }
         d->threads[i] = thr;
-        pthread_mutex_lock(&thr->start_lock);
+        g_mutex_lock(&thr->start_lock);
         while (thr->start_state == 0)
-            pthread_cond_wait(&thr->start_cond, &thr->start_lock);
-        pthread_mutex_unlock(&thr->start_lock);
+            g_cond_wait(&thr->start_cond, &thr->start_lock);
+        g_mutex_unlock(&thr->start_lock);
         if (thr->start_state < 0) {
             g_set_error(errp, LF_ERROR, EIO, "I/O thread %u: %s", i, thr->start_error);
             pthread_join(thr->tid, NULL);
@@ -403,10 +404,11 @@ static void flush_one_done(void *opaque, int res)
 
     if (res < 0) {
         int zero = 0;
-        atomic_compare_exchange_strong(&d->flush_res, &zero, res);
+        __atomic_compare_exchange_n(&d->flush_res, &zero, res, false, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE);
     }
     if (--thr->flush_pending == 0) {
-        atomic_store(&d->flushed, true);
+        __atomic_store_n(&d->flushed, true, __ATOMIC_RELEASE);
         fo_notify_main(d);
     }
 }
@@ -439,8 +441,8 @@ void fo_threads_join(struct fo_daemon *d)
     for (unsigned i = 0; i < d->nthreads; i++) {
         struct fo_thread *thr = d->threads[i];
         pthread_join(thr->tid, NULL);
-        pthread_mutex_destroy(&thr->start_lock);
-        pthread_cond_destroy(&thr->start_cond);
+        g_mutex_clear(&thr->start_lock);
+        g_cond_clear(&thr->start_cond);
         g_free(thr);
     }
     g_free(d->threads);

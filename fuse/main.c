@@ -378,8 +378,8 @@ int main(int argc, char **argv)
     /* Serve; the pidfile appears once FUSE_INIT has been answered. */
     bool ready = false;
     int sig = 0;
-    while (sig == 0 && !atomic_load(&d->unmounted)) {
-        if (!ready && atomic_load(&d->init_done)) {
+    while (sig == 0 && !__atomic_load_n(&d->unmounted, __ATOMIC_ACQUIRE)) {
+        if (!ready && __atomic_load_n(&d->init_done, __ATOMIC_ACQUIRE)) {
             ready = true;
             if (pidfile != NULL && !fo_pidfile_write(&pf, pidfile, &err)) {
                 fo_err("%s", err->message);
@@ -402,7 +402,7 @@ int main(int argc, char **argv)
 
     /* Drain, then flush every disk; a second signal while waiting gives up waiting. */
     fo_threads_stop_receiving(d);
-    while (atomic_load(&d->drained) < d->nthreads) {
+    while (__atomic_load_n(&d->drained, __ATOMIC_ACQUIRE) < d->nthreads) {
         if (wait_event(d, sfd) != 0) {
             fo_err("second signal: not waiting for requests in flight");
             fuse_session_unmount(d->se);
@@ -410,15 +410,16 @@ int main(int argc, char **argv)
         }
     }
     fo_threads_flush_all(d);
-    while (!atomic_load(&d->flushed)) {
+    while (!__atomic_load_n(&d->flushed, __ATOMIC_ACQUIRE)) {
         if (wait_event(d, sfd) != 0) {
             fo_err("second signal: not waiting for the final flush");
             fuse_session_unmount(d->se);
             fo_exit(1);
         }
     }
-    if (atomic_load(&d->flush_res) < 0) {
-        fo_err("flushing the disks: %s", g_strerror(-atomic_load(&d->flush_res)));
+    if (__atomic_load_n(&d->flush_res, __ATOMIC_ACQUIRE) < 0) {
+        fo_err("flushing the disks: %s",
+               g_strerror(-__atomic_load_n(&d->flush_res, __ATOMIC_ACQUIRE)));
         status = 1;
     }
     fo_threads_join(d);

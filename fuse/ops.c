@@ -77,8 +77,9 @@ static void fo_init(void *userdata, struct fuse_conn_info *conn)
     conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
     fo_log(1, "FUSE %u.%u, max_write %u, max_background %u", conn->proto_major,
            conn->proto_minor, conn->max_write, conn->max_background);
-    atomic_store(&d->open_raw, fo_open_raw_ok(conn->proto_major, conn->proto_minor));
-    atomic_store(&d->init_done, true);
+    __atomic_store_n(&d->open_raw, fo_open_raw_ok(conn->proto_major, conn->proto_minor),
+                     __ATOMIC_RELEASE);
+    __atomic_store_n(&d->init_done, true, __ATOMIC_RELEASE);
     fo_notify_main(d);
 }
 
@@ -381,8 +382,8 @@ static void fo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
         return;
     }
     if (((uintptr_t)buf & 4095) != 0 && size >= 4096) {
-        static atomic_bool said;
-        if (!atomic_exchange(&said, true))
+        static bool said;
+        if (!__atomic_exchange_n(&said, true, __ATOMIC_RELAXED))
             fo_log(1, "WRITE payload is not page-aligned (%p): O_DIRECT will bounce", buf);
     }
     struct fo_io *io = fo_io_get(req, disk);

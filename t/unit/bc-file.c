@@ -393,10 +393,11 @@ static gpointer tail_writer(gpointer p)
     struct tail_ctx *t = p;
     struct bc_loop *loop = tu_loop_new();
     uint8_t buf[500];
-    for (unsigned i = 0; g_get_monotonic_time() < t->until && !g_atomic_int_get(&t->stop); i++) {
+    for (unsigned i = 0;
+         g_get_monotonic_time() < t->until && !__atomic_load_n(&t->stop, __ATOMIC_ACQUIRE); i++) {
         memset(buf, (int)(i % 250) + 1, sizeof buf);
         if (tu_pwrite(t->dev, loop, buf, sizeof buf, t->size - 700) != 0)
-            g_atomic_int_inc(&t->bad);
+            __atomic_add_fetch(&t->bad, 1, __ATOMIC_ACQ_REL);
         t->writes++;
     }
     tu_loop_free(loop);
@@ -410,7 +411,7 @@ static gpointer tail_reader(gpointer p)
     enum { LEN = 5000 };
     uint8_t *buf = g_malloc(LEN);
     const uint64_t off = t->size - 2000;
-    while (g_get_monotonic_time() < t->until && !g_atomic_int_get(&t->stop)) {
+    while (g_get_monotonic_time() < t->until && !__atomic_load_n(&t->stop, __ATOMIC_ACQUIRE)) {
         memset(buf, 0xEE, LEN);
         int r = tu_pread(t->dev, loop, buf, LEN, off);
         bool good = r == 0 &&
@@ -420,8 +421,8 @@ static gpointer tail_reader(gpointer p)
             good = buf[i] == 0;                                              /* past end */
         if (!good) {
             g_test_message("tail race: read %u went wrong (res %d)", t->reads, r);
-            g_atomic_int_inc(&t->bad);
-            g_atomic_int_set(&t->stop, 1);
+            __atomic_add_fetch(&t->bad, 1, __ATOMIC_ACQ_REL);
+            __atomic_store_n(&t->stop, 1, __ATOMIC_RELEASE);
         }
         t->reads++;
     }

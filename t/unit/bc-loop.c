@@ -638,7 +638,7 @@ static void watch_done(struct bc_uop *u, int res, unsigned flags)
         ssize_t n = read(w->fd, &v, sizeof v);
         g_assert_cmpint(n, ==, sizeof v);
     }
-    g_atomic_int_inc(&w->calls);
+    __atomic_add_fetch(&w->calls, 1, __ATOMIC_ACQ_REL);
 }
 
 struct efd_writer {
@@ -656,7 +656,7 @@ static gpointer efd_writer_thread(gpointer p)
         ssize_t n = write(e->fd, &one, sizeof one);
         g_assert_cmpint(n, ==, sizeof one);
         /* Two writes the loop has not read yet make one wakeup, not two. */
-        while (g_atomic_int_get(e->calls) <= i)
+        while (__atomic_load_n(e->calls, __ATOMIC_ACQUIRE) <= i)
             g_usleep(1000);
     }
     return NULL;
@@ -673,7 +673,7 @@ static void test_watch_fd(void)
     struct efd_writer e = { .fd = fd, .times = 3, .calls = &w.calls };
     GThread *th = g_thread_new("efd", efd_writer_thread, &e);
     struct rescuer *rs = rescuer_start(loop, 1000);
-    while (g_atomic_int_get(&w.calls) < 3)
+    while (__atomic_load_n(&w.calls, __ATOMIC_ACQUIRE) < 3)
         g_assert_cmpint(bc_loop_run_once(loop, true), ==, 0);
     rescuer_finish(rs, "eventfd watch");
     g_thread_join(th);
