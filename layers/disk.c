@@ -595,14 +595,14 @@ fail:
 int lf_disk_close(struct lf_disk *disk)
 {
     int res = 0;
-    struct layer_sync s;
+    struct bc_sync s;
 
     if (disk == NULL)
         return 0;
-    if (layer_sync_begin(&s, NULL)) {
-        lf_disk_flush(disk, s.loop, layer_sync_cb, &s);
-        res = layer_sync_wait(&s);
-        layer_sync_end(&s);
+    if (bc_sync_begin(&s, NULL, NULL)) {
+        lf_disk_flush(disk, s.loop, bc_sync_cb, &s);
+        res = bc_sync_wait(&s);
+        bc_sync_end(&s);
     } else {
         res = -ENOMEM;
     }

@@ -87,21 +87,4 @@ void layer_complete_later(struct bc_loop *loop, bc_cb *cb, void *opaque, int res
 struct bc_dev *layer_open_dev(const struct lf_layer_cfg *cfg, bool read_only, bool direct,
                               GError **errp);
 
-/* Run a request synchronously on the calling thread's loop (or a private one); returns
- * its result.  For setup paths (open, close, tools) only. */
-struct layer_sync {
-    struct bc_loop *loop;
-    struct bc_loop *own;
-    bool done;
-    int res;
-};
-/* Get a loop for synchronous use; false + *errp on failure. */
-bool layer_sync_begin(struct layer_sync *s, GError **errp);
-/* Free a private loop. */
-void layer_sync_end(struct layer_sync *s);
-/* The bc_cb to pass to requests run synchronously; opaque = the struct layer_sync. */
-void layer_sync_cb(void *opaque, int res);
-/* Run the loop until the request completes; returns its result. */
-int layer_sync_wait(struct layer_sync *s);
-
 #endif

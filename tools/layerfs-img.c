@@ -151,7 +151,7 @@ static uint64_t count_bits(const uint8_t *bm, uint64_t nblocks)
     return n;
 }
 
-static int cmd_info(const struct opts *o, int argc, char **argv, struct layer_sync *s)
+static int cmd_info(const struct opts *o, int argc, char **argv, struct bc_sync *s)
 {
     struct ovl_file f;
     GError *err = NULL;
@@ -188,7 +188,7 @@ static int cmd_info(const struct opts *o, int argc, char **argv, struct layer_sy
 
 /* ---- check ------------------------------------------------------------------------- */
 
-static int cmd_check(const struct opts *o, int argc, char **argv, struct layer_sync *s)
+static int cmd_check(const struct opts *o, int argc, char **argv, struct bc_sync *s)
 {
     struct ovl_file f;
     GError *err = NULL;
@@ -327,22 +327,22 @@ static int cmd_map(const struct opts *o, int argc, char **argv)
 
 #define COMMIT_CHUNK (8u << 20)
 
-static int sync_io(struct bc_dev *dev, struct layer_sync *s, bool write, void *buf,
+static int sync_io(struct bc_dev *dev, struct bc_sync *s, bool write, void *buf,
                    uint64_t len, uint64_t off)
 {
     struct iovec iov = { buf, len };
 
     if (write)
-        bc_dev_writev(dev, s->loop, &iov, 1, off, 0, layer_sync_cb, s);
+        bc_dev_writev(dev, s->loop, &iov, 1, off, 0, bc_sync_cb, s);
     else
-        bc_dev_readv(dev, s->loop, &iov, 1, off, layer_sync_cb, s);
-    return layer_sync_wait(s);
+        bc_dev_readv(dev, s->loop, &iov, 1, off, bc_sync_cb, s);
+    return bc_sync_wait(s);
 }
 
-static int sync_flush(struct bc_dev *dev, struct layer_sync *s)
+static int sync_flush(struct bc_dev *dev, struct bc_sync *s)
 {
-    bc_dev_flush(dev, s->loop, layer_sync_cb, s);
-    return layer_sync_wait(s);
+    bc_dev_flush(dev, s->loop, bc_sync_cb, s);
+    return bc_sync_wait(s);
 }
 
 /*
@@ -352,7 +352,7 @@ static int sync_flush(struct bc_dev *dev, struct layer_sync *s)
  * overlay (and the base may or may not hold the same bytes: the stack reads the same) or
  * durably in the base; rerunning the command finishes the job.
  */
-static int cmd_commit(const struct opts *o, int argc, char **argv, struct layer_sync *s)
+static int cmd_commit(const struct opts *o, int argc, char **argv, struct bc_sync *s)
 {
     struct ovl_file f;
     GError *err = NULL;
@@ -473,7 +473,7 @@ int main(int argc, char **argv)
     argc -= optind;
     argv += optind;
 
-    struct layer_sync s;
+    struct bc_sync s;
     GError *err = NULL;
     if (strcmp(cmd, "create") == 0)
         return cmd_create(&o, argc, argv);
@@ -481,11 +481,11 @@ int main(int argc, char **argv)
         return cmd_map(&o, argc, argv);
     if (strcmp(cmd, "info") != 0 && strcmp(cmd, "check") != 0 && strcmp(cmd, "commit") != 0)
         die_usage("unknown command '%s'", cmd);
-    if (!layer_sync_begin(&s, &err))
+    if (!bc_sync_begin(&s, NULL, &err))
         return fail_err(err);
     int rc = strcmp(cmd, "info") == 0 ? cmd_info(&o, argc, argv, &s)
            : strcmp(cmd, "check") == 0 ? cmd_check(&o, argc, argv, &s)
            : cmd_commit(&o, argc, argv, &s);
-    layer_sync_end(&s);
+    bc_sync_end(&s);
     return rc;
 }
