@@ -86,7 +86,7 @@ bool ovl_file_open(struct ovl_file *f, const char *path, const struct lf_layer_c
                    bool read_only, bool direct, unsigned flags, struct bc_sync *s,
                    GError **errp)
 {
-    struct lf_layer_cfg dflt = { .name = (char *)path, .driver = (char *)"file" };
+    struct lf_layer_cfg dflt = { .name = (char *)path };   /* the default driver */
     struct lf_layer_cfg c = cfg != NULL ? *cfg : dflt;
     uint8_t *hbuf = NULL;
     int r;
@@ -575,6 +575,8 @@ static void ovl_discard(struct layer *l, struct bc_loop *loop, uint64_t offset, 
 
 const struct layer_ops layer_fmt_overlay = {
     .format = "overlay",
+    .has_block_size = true,
+    .can_create = true,
     .open = ovl_open,
     .close = ovl_close,
     .present = ovl_present,

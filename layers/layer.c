@@ -37,7 +37,7 @@ void layer_complete_later(struct bc_loop *loop, bc_cb *cb, void *opaque, int res
 struct bc_dev *layer_open_dev(const struct lf_layer_cfg *cfg, bool read_only, bool direct,
                               GError **errp)
 {
-    const char *dname = cfg->driver ? cfg->driver : "file";
+    const char *dname = cfg->driver ? cfg->driver : LAYER_DEFAULT_DRIVER;
     const struct bc_driver *drv = bc_driver_find(dname);
 
     if (drv == NULL) {
