@@ -64,7 +64,7 @@ static struct ovl *ovl_of(struct layer *l)
     return l->priv;
 }
 
-/* ---- synchronous file access (also used by layerfs-img) ---------------------------- */
+/* ---- synchronous file access (also used by img.c) ---------------------------------------- */
 
 static int sync_rw(struct ovl_file *f, struct bc_sync *s, bool write, void *buf,
                    uint64_t len, uint64_t offset)

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Synchronous access to an overlay file through a bc_dev, shared by fmt-overlay.c and
- * layerfs-img: open and validate, write the header, write the bitmap. */
+ * img.c (layerfs-img): open and validate, write the header, write the bitmap. */
 #ifndef LAYERFS_OVERLAY_H
 #define LAYERFS_OVERLAY_H
 
