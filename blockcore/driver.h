@@ -71,6 +71,8 @@ struct bc_driver {
     const char *name;
     /* Driver-specific configuration keys, NULL-terminated; NULL for none. */
     const char *const *keys;
+    /* The configuration must give a path (checked when it is parsed). */
+    bool needs_path;
     /* Open; fill *props. Returns driver state or NULL with *errp set. */
     void *(*open)(const struct bc_open_args *args, struct bc_props *props, GError **errp);
     /* Close; no requests are in flight. */

@@ -53,11 +53,32 @@ void bc_loop_watch_fd(struct bc_loop *loop, struct bc_uop *uop, int fd);
 /* One iteration: submit, wait for an event if block and no task is queued, reap, then run
  * queued tasks; so a caller may loop "while (!done) bc_loop_run_once(loop, true)". 0/-errno. */
 int bc_loop_run_once(struct bc_loop *loop, bool block);
+/* Run loop until *pending is 0 (callbacks running on loop decrement it): 0, or -errno if
+ * an iteration failed.  The one way to wait for requests synchronously. */
+int bc_loop_wait(struct bc_loop *loop, const unsigned *pending);
 /* Iterate until bc_loop_stop(); returns 0 or -errno. */
 int bc_loop_run(struct bc_loop *loop);
 /* Make bc_loop_run() return; safe from any thread and from signal handlers. */
 void bc_loop_stop(struct bc_loop *loop);
 /* True once bc_loop_stop() was called. */
 bool bc_loop_stopping(const struct bc_loop *loop);
+
+/* Running one request at a time synchronously, for setup paths, tools and tests:
+ *     bc_sync_begin(&s, NULL, errp);  start(..., s.loop, bc_sync_cb, &s);
+ *     r = bc_sync_wait(&s);  ...  bc_sync_end(&s); */
+struct bc_sync {
+    struct bc_loop *loop;   /* the loop to start requests on */
+    struct bc_loop *own;    /* a private loop made by bc_sync_begin, or NULL */
+    unsigned pending;       /* 1 until the request started completes */
+    int res;                /* its result */
+};
+/* Use loop, else the calling thread's, else a private one; false + *errp on failure. */
+bool bc_sync_begin(struct bc_sync *s, struct bc_loop *loop, GError **errp);
+/* Free the private loop, if any. */
+void bc_sync_end(struct bc_sync *s);
+/* The bc_cb of a request run synchronously; opaque = the struct bc_sync. */
+void bc_sync_cb(void *opaque, int res);
+/* Run the loop until the request completes: its result, or -errno if the loop failed. */
+int bc_sync_wait(struct bc_sync *s);
 
 #endif

@@ -523,6 +523,7 @@ bad_type:
 const struct bc_driver bc_drv_file = {
     .name = "file",
     .keys = NULL,
+    .needs_path = true,
     .open = bc_file_open,
     .close = bc_file_close,
     .submit = bc_file_submit,

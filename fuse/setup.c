@@ -243,19 +243,6 @@ bool fo_demo_config(struct lf_config *cfg, GError **errp)
     return lf_config_add_inline(cfg, FO_DEMO_NAME "=format=ram:driver=ram,size=256M", errp);
 }
 
-struct fo_demo_wait {
-    bool done;
-    int res;
-};
-
-static void demo_written(void *opaque, int res)
-{
-    struct fo_demo_wait *w = opaque;
-
-    w->res = res;
-    w->done = true;
-}
-
 /* Fill the first MiB: each 512-byte sector starts with "layerfs demo sector N\n" and is
  * padded with the sector number's low byte. */
 bool fo_demo_fill(struct lf_disk *disk, GError **errp)
@@ -263,31 +250,24 @@ bool fo_demo_fill(struct lf_disk *disk, GError **errp)
     const size_t len = 1u << 20;
     char *buf = bc_buf_alloc(len);
     struct iovec iov = { buf, len };
-    struct fo_demo_wait w = { 0 };
+    struct bc_sync w;
 
     for (size_t s = 0; s < len / 512; s++) {
         char *sec = buf + s * 512;
         memset(sec, (int)(s & 0xff), 512);
         snprintf(sec, 512, "layerfs demo sector %zu\n", s);
     }
-    struct bc_loop *loop = bc_loop_new(0, 16, errp);
-    if (loop == NULL) {
+    if (!bc_sync_begin(&w, NULL, errp)) {
         bc_buf_free(buf);
         return false;
     }
-    lf_disk_writev(disk, loop, &iov, 1, 0, 0, demo_written, &w);
-    while (!w.done) {
-        int r = bc_loop_run_once(loop, true);
-        if (r < 0 && r != -EINTR && r != -EAGAIN) {
-            w.res = r;
-            break;
-        }
-    }
-    bc_loop_free(loop);
+    lf_disk_writev(disk, w.loop, &iov, 1, 0, 0, bc_sync_cb, &w);
+    int res = bc_sync_wait(&w);
+    bc_sync_end(&w);
     bc_buf_free(buf);
-    if (w.res < 0) {
-        g_set_error(errp, LF_ERROR, -w.res, "demo disk: cannot write its pattern: %s",
-                    g_strerror(-w.res));
+    if (res < 0) {
+        g_set_error(errp, LF_ERROR, -res, "demo disk: cannot write its pattern: %s",
+                    g_strerror(-res));
         return false;
     }
     return true;

@@ -4,7 +4,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "layers/layers.h"
+#include "layers/layer.h"
 
 /*
  * Notes on the design
@@ -14,7 +14,9 @@
  * layer_from_pairs(), turns such a list into a struct lf_layer_cfg, so both accept exactly
  * the same keys and values and produce the same messages, always "ORIGIN:KEY: reason".
  * Driver-specific keys are those in the chosen driver's bc_driver.keys and are stored,
- * unparsed, in driver_opts: the driver checks their values when it opens.
+ * unparsed, in driver_opts: the driver checks their values when it opens.  What a format
+ * or a driver accepts comes from its descriptor (struct layer_ops in layers/formats.c's
+ * table, struct bc_driver in blockcore/drivers.c's), never from its name.
  *
  * GLib's key file silently merges a repeated group and lets a repeated key win, so the
  * text is scanned once for repeated groups and keys before GLib parses it.
@@ -32,7 +34,6 @@ static const char *const lf_layer_keys[] = {
     "create", "block-size", NULL,
 };
 static const char *const lf_disk_keys[] = { "layers", "read-only", NULL };
-static const char *const lf_formats[] = { "raw", "overlay", "ram", NULL };
 
 struct lf_pair {
     char *key;
@@ -160,6 +161,11 @@ static bool lf_bool_key(const char *origin, const char *key, const char *value, 
     return true;
 }
 
+static bool fmt_has_block_size(const struct layer_ops *ops)
+{
+    return ops->has_block_size;
+}
+
 /* Turn one layer's key/value pairs into a checked lf_layer_cfg.  base_dir: for relative
  * paths (NULL: the current directory). */
 static struct lf_layer_cfg *layer_from_pairs(const char *name, const char *origin,
@@ -168,7 +174,8 @@ static struct lf_layer_cfg *layer_from_pairs(const char *name, const char *origi
 {
     lf_auto_layer struct lf_layer_cfg *lc = g_new0(struct lf_layer_cfg, 1);
     const struct bc_driver *drv = NULL;
-    const char *format = "raw", *driver = NULL;
+    const struct layer_ops *fmt;
+    const char *format = NULL, *driver = NULL;
     bool has_path = false;
 
     lc->name = g_strdup(name);
@@ -184,22 +191,23 @@ static struct lf_layer_cfg *layer_from_pairs(const char *name, const char *origi
         else if (strcmp(p->key, "driver") == 0)
             driver = p->value;
     }
-    if (!lf_in_list(lf_formats, format)) {
-        g_set_error(errp, LF_ERROR, EINVAL, "%s:format: unknown format '%s' (known: raw "
-                    "overlay ram)", origin, format);
+    fmt = layer_format_find(format);
+    if (fmt == NULL) {
+        g_set_error(errp, LF_ERROR, EINVAL, "%s:format: unknown format '%s' (known: %s)",
+                    origin, format, layer_format_names());
         return NULL;
     }
-    lc->format = g_strdup(format);
-    if (strcmp(format, "ram") == 0) {
+    lc->format = g_strdup(fmt->format);
+    if (fmt->in_memory) {
         if (driver != NULL) {
             g_set_error(errp, LF_ERROR, EINVAL,
-                        "%s:driver: a layer of format ram keeps its data in memory and "
-                        "takes no driver", origin);
+                        "%s:driver: a layer of format %s keeps its data in memory and "
+                        "takes no driver", origin, fmt->format);
             return NULL;
         }
     } else {
         if (driver == NULL)
-            driver = "file";
+            driver = LAYER_DEFAULT_DRIVER;
         drv = bc_driver_find(driver);
         if (drv == NULL) {
             g_set_error(errp, LF_ERROR, EINVAL, "%s:driver: unknown driver '%s' (known: %s)",
@@ -217,10 +225,10 @@ static struct lf_layer_cfg *layer_from_pairs(const char *name, const char *origi
         if (strcmp(k, "format") == 0 || strcmp(k, "driver") == 0) {
             continue;
         } else if (strcmp(k, "path") == 0) {
-            if (drv == NULL) {
+            if (fmt->in_memory) {
                 g_set_error(errp, LF_ERROR, EINVAL,
-                            "%s:path: a layer of format ram keeps its data in memory and "
-                            "takes no path", origin);
+                            "%s:path: a layer of format %s keeps its data in memory and "
+                            "takes no path", origin, fmt->format);
                 return NULL;
             }
             if (*v == '\0') {
@@ -248,9 +256,10 @@ static struct lf_layer_cfg *layer_from_pairs(const char *name, const char *origi
                             "two from 512 to 64M", origin, v);
                 return NULL;
             }
-            if (strcmp(format, "raw") == 0) {
+            if (!fmt->has_block_size) {
+                g_autofree char *have = layer_format_list(fmt_has_block_size);
                 g_set_error(errp, LF_ERROR, EINVAL, "%s:block-size: only layers of format "
-                            "overlay or ram have a block size", origin);
+                            "%s have a block size", origin, have);
                 return NULL;
             }
             lc->block_size = bs;
@@ -271,13 +280,14 @@ static struct lf_layer_cfg *layer_from_pairs(const char *name, const char *origi
             return NULL;
     }
 
-    if (drv != NULL && strcmp(drv->name, "file") == 0 && !has_path) {
-        g_set_error(errp, LF_ERROR, EINVAL, "%s:path: required for driver file", origin);
+    if (drv != NULL && drv->needs_path && !has_path) {
+        g_set_error(errp, LF_ERROR, EINVAL, "%s:path: required for driver %s", origin,
+                    drv->name);
         return NULL;
     }
-    if (lc->create && strcmp(format, "ram") == 0) {
-        g_set_error(errp, LF_ERROR, EINVAL, "%s:create: a layer of format ram has no image "
-                    "to create", origin);
+    if (lc->create && fmt->in_memory) {
+        g_set_error(errp, LF_ERROR, EINVAL, "%s:create: a layer of format %s has no image "
+                    "to create", origin, fmt->format);
         return NULL;
     }
     return g_steal_pointer(&lc);

@@ -422,15 +422,14 @@ int lf_disk_map(struct lf_disk *disk, uint64_t offset, uint64_t len, uint64_t *p
 
 /* ---- open and close ---------------------------------------------------------------- */
 
-static const struct layer_ops *find_format(const char *name)
+static bool fmt_can_create(const struct layer_ops *ops)
 {
-    static const struct layer_ops *const formats[] = {
-        &layer_fmt_raw, &layer_fmt_overlay, &layer_fmt_ram,
-    };
-    for (size_t i = 0; i < G_N_ELEMENTS(formats); i++)
-        if (strcmp(formats[i]->format, name ? name : "raw") == 0)
-            return formats[i];
-    return NULL;
+    return ops->can_create;
+}
+
+static bool fmt_can_cache(const struct layer_ops *ops)
+{
+    return ops->can_no_overwrite;
 }
 
 static void close_layers(struct lf_disk *disk, int *res)
@@ -471,9 +470,10 @@ static bool validate(struct lf_disk *disk, const struct lf_disk_cfg *cfg, GError
             return false;
         }
         if (l->read_cache && !l->ops->can_no_overwrite) {
+            g_autofree char *can = layer_format_list(fmt_can_cache);
             g_set_error(errp, LF_ERROR, EINVAL,
                         "%s:read-cache: format %s cannot be a read cache (it cannot do "
-                        "no-overwrite writes); use overlay or ram", where, l->ops->format);
+                        "no-overwrite writes); use %s", where, l->ops->format, can);
             return false;
         }
         if (l->block_size == 0 || (l->block_size & (l->block_size - 1)) != 0) {
@@ -532,11 +532,16 @@ struct lf_disk *lf_disk_open(const struct lf_disk_cfg *cfg, bool force_read_only
         l->index = k;
         l->read_cache = lc->read_cache;
         l->write_through = lc->write_through;
-        l->ops = find_format(lc->format);
+        l->ops = layer_format_find(lc->format);
         if (l->ops == NULL) {
-            g_set_error(errp, LF_ERROR, EINVAL,
-                        "%s:format: unknown format '%s' (known: raw overlay ram)", l->origin,
-                        lc->format);
+            g_set_error(errp, LF_ERROR, EINVAL, "%s:format: unknown format '%s' (known: %s)",
+                        l->origin, lc->format, layer_format_names());
+            goto fail;
+        }
+        if (lc->create && !l->ops->can_create) {
+            g_autofree char *can = layer_format_list(fmt_can_create);
+            g_set_error(errp, LF_ERROR, EINVAL, "%s:create: only %s layers can be created",
+                        l->origin, can);
             goto fail;
         }
         bool writable = (!disk->read_only && k < disk->nwrite) || lc->read_cache;
@@ -574,14 +579,14 @@ fail:
 int lf_disk_close(struct lf_disk *disk)
 {
     int res = 0;
-    struct layer_sync s;
+    struct bc_sync s;
 
     if (disk == NULL)
         return 0;
-    if (layer_sync_begin(&s, NULL)) {
-        lf_disk_flush(disk, s.loop, layer_sync_cb, &s);
-        res = layer_sync_wait(&s);
-        layer_sync_end(&s);
+    if (bc_sync_begin(&s, NULL, NULL)) {
+        lf_disk_flush(disk, s.loop, bc_sync_cb, &s);
+        res = bc_sync_wait(&s);
+        bc_sync_end(&s);
     } else {
         res = -ENOMEM;
     }

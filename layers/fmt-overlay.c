@@ -64,29 +64,29 @@ static struct ovl *ovl_of(struct layer *l)
     return l->priv;
 }
 
-/* ---- synchronous file access (also used by layerfs-img) ---------------------------- */
+/* ---- synchronous file access (also used by img.c) ---------------------------------------- */
 
-static int sync_rw(struct ovl_file *f, struct layer_sync *s, bool write, void *buf,
+static int sync_rw(struct ovl_file *f, struct bc_sync *s, bool write, void *buf,
                    uint64_t len, uint64_t offset)
 {
     struct iovec iov = { buf, len };
 
     if (write)
-        bc_dev_writev(f->dev, s->loop, &iov, 1, offset, 0, layer_sync_cb, s);
+        bc_dev_writev(f->dev, s->loop, &iov, 1, offset, 0, bc_sync_cb, s);
     else
-        bc_dev_readv(f->dev, s->loop, &iov, 1, offset, layer_sync_cb, s);
-    int r = layer_sync_wait(s);
+        bc_dev_readv(f->dev, s->loop, &iov, 1, offset, bc_sync_cb, s);
+    int r = bc_sync_wait(s);
     if (r < 0 || !write)
         return r;
-    bc_dev_flush(f->dev, s->loop, layer_sync_cb, s);
-    return layer_sync_wait(s);
+    bc_dev_flush(f->dev, s->loop, bc_sync_cb, s);
+    return bc_sync_wait(s);
 }
 
 bool ovl_file_open(struct ovl_file *f, const char *path, const struct lf_layer_cfg *cfg,
-                   bool read_only, bool direct, unsigned flags, struct layer_sync *s,
+                   bool read_only, bool direct, unsigned flags, struct bc_sync *s,
                    GError **errp)
 {
-    struct lf_layer_cfg dflt = { .name = (char *)path, .driver = (char *)"file" };
+    struct lf_layer_cfg dflt = { .name = (char *)path };   /* the default driver */
     struct lf_layer_cfg c = cfg != NULL ? *cfg : dflt;
     uint8_t *hbuf = NULL;
     int r;
@@ -159,7 +159,7 @@ fail:
     return false;
 }
 
-int ovl_file_write_header(struct ovl_file *f, struct layer_sync *s)
+int ovl_file_write_header(struct ovl_file *f, struct bc_sync *s)
 {
     uint8_t *buf = bc_buf_alloc(OVL_HEADER_SIZE);
 
@@ -169,7 +169,7 @@ int ovl_file_write_header(struct ovl_file *f, struct layer_sync *s)
     return r;
 }
 
-int ovl_file_write_bitmap(struct ovl_file *f, struct layer_sync *s)
+int ovl_file_write_bitmap(struct ovl_file *f, struct bc_sync *s)
 {
     return sync_rw(f, s, true, f->bitmap, f->h.bitmap_len, f->h.bitmap_off);
 }
@@ -374,7 +374,7 @@ static void ovl_flush(struct layer *l, struct bc_loop *loop, bc_cb *cb, void *op
 static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct layer *below,
                      bool writable, GError **errp)
 {
-    struct layer_sync s;
+    struct bc_sync s;
     g_autoptr(GError) err = NULL;
 
     if (cfg->path == NULL || *cfg->path == '\0') {
@@ -403,7 +403,7 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
         }
         g_info("%s: created overlay %s", l->origin, cfg->path);
     }
-    if (!layer_sync_begin(&s, errp))
+    if (!bc_sync_begin(&s, NULL, errp))
         return false;
 
     struct ovl *o = g_new0(struct ovl, 1);
@@ -434,7 +434,7 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
             goto fail;
         }
     }
-    layer_sync_end(&s);
+    bc_sync_end(&s);
 
     sparse_init(&o->sp, l, o->f.h.size, o->f.h.block_size, &ovl_store, o);
     assert(o->sp.bitmap_len == o->f.h.bitmap_len && o->sp.nblocks == o->f.h.nblocks);
@@ -454,25 +454,25 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
 fail:
     ovl_file_close(&o->f);
     g_free(o);
-    layer_sync_end(&s);
+    bc_sync_end(&s);
     return false;
 }
 
 static int ovl_close(struct layer *l)
 {
     struct ovl *o = ovl_of(l);
-    struct layer_sync s;
+    struct bc_sync s;
     int res = 0;
 
     if (o->writable) {
-        if (layer_sync_begin(&s, NULL)) {
-            ovl_flush(l, s.loop, layer_sync_cb, &s);
-            res = layer_sync_wait(&s);
+        if (bc_sync_begin(&s, NULL, NULL)) {
+            ovl_flush(l, s.loop, bc_sync_cb, &s);
+            res = bc_sync_wait(&s);
             if (res == 0) {
                 o->f.h.flags &= ~(uint32_t)OVL_FLAG_DIRTY;
                 res = ovl_file_write_header(&o->f, &s);
             }
-            layer_sync_end(&s);
+            bc_sync_end(&s);
         } else {
             res = -ENOMEM;
         }
@@ -575,6 +575,8 @@ static void ovl_discard(struct layer *l, struct bc_loop *loop, uint64_t offset, 
 
 const struct layer_ops layer_fmt_overlay = {
     .format = "overlay",
+    .has_block_size = true,
+    .can_create = true,
     .open = ovl_open,
     .close = ovl_close,
     .present = ovl_present,

@@ -183,6 +183,8 @@ static void ram_flush(struct layer *l, struct bc_loop *loop, bc_cb *cb, void *op
 
 const struct layer_ops layer_fmt_ram = {
     .format = "ram",
+    .in_memory = true,
+    .has_block_size = true,
     .open = ram_open,
     .close = ram_close,
     .present = ram_present,

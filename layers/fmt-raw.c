@@ -12,11 +12,6 @@ static struct bc_dev *dev_of(struct layer *l)
 static bool raw_open(struct layer *l, const struct lf_layer_cfg *cfg, struct layer *below,
                      bool writable, GError **errp)
 {
-    if (cfg->create) {
-        g_set_error(errp, LF_ERROR, EINVAL,
-                    "%s:create: only overlay layers can be created", l->origin);
-        return false;
-    }
     struct bc_dev *dev = layer_open_dev(cfg, !writable, cfg->direct, errp);
     if (dev == NULL)
         return false;
@@ -79,6 +74,8 @@ static void raw_flush(struct layer *l, struct bc_loop *loop, bc_cb *cb, void *op
 
 const struct layer_ops layer_fmt_raw = {
     .format = "raw",
+    .has_block_size = false,
+    .can_create = false,
     .open = raw_open,
     .close = raw_close,
     .present = raw_present,

@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Helpers the layer formats and layerfs-img share: deferred completions, running a request
- * synchronously on a loop (setup paths only), opening a layer's device. */
+/* Helpers the layer formats share: deferred completions and opening a layer's device. */
 #include <errno.h>
 #include <string.h>
 
@@ -35,50 +34,10 @@ void layer_complete_later(struct bc_loop *loop, bc_cb *cb, void *opaque, int res
     bc_loop_defer(loop, &l->task);
 }
 
-bool layer_sync_begin(struct layer_sync *s, GError **errp)
-{
-    memset(s, 0, sizeof(*s));
-    s->loop = bc_loop_current();
-    if (s->loop == NULL) {
-        s->own = bc_loop_new(0, 64, errp);
-        if (s->own == NULL)
-            return false;
-        s->loop = s->own;
-    }
-    return true;
-}
-
-void layer_sync_end(struct layer_sync *s)
-{
-    if (s->own != NULL)
-        bc_loop_free(s->own);
-    s->own = NULL;
-    s->loop = NULL;
-}
-
-void layer_sync_cb(void *opaque, int res)
-{
-    struct layer_sync *s = opaque;
-
-    s->res = res;
-    s->done = true;
-}
-
-int layer_sync_wait(struct layer_sync *s)
-{
-    while (!s->done) {
-        int r = bc_loop_run_once(s->loop, true);
-        if (r < 0 && r != -EINTR && r != -EAGAIN && r != -ETIME)
-            return r;
-    }
-    s->done = false;
-    return s->res;
-}
-
 struct bc_dev *layer_open_dev(const struct lf_layer_cfg *cfg, bool read_only, bool direct,
                               GError **errp)
 {
-    const char *dname = cfg->driver ? cfg->driver : "file";
+    const char *dname = cfg->driver ? cfg->driver : LAYER_DEFAULT_DRIVER;
     const struct bc_driver *drv = bc_driver_find(dname);
 
     if (drv == NULL) {

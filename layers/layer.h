@@ -28,8 +28,16 @@ enum {
     LAYER_NO_OVERWRITE = 1u << 8, /* write: skip blocks already present (cache fills) */
 };
 
+/* A layer format: its rules, which the configuration parser and disk.c enforce with
+ * messages that name the format, and its operations. */
 struct layer_ops {
-    const char *format;
+    const char *format;     /* the name the "format" key takes */
+    /* Keeps its data in memory: takes no driver, no driver keys, no path and no create. */
+    bool in_memory;
+    /* Takes the block-size key (presence granularity). */
+    bool has_block_size;
+    /* create = true makes a new image when the path does not exist (checked at open). */
+    bool can_create;
     /* Open: fill l->size, l->block_size, l->read_only; set l->priv. false + *errp on error.
      * below is the layer under this one (NULL for the bottom), already open. */
     bool (*open)(struct layer *l, const struct lf_layer_cfg *cfg, struct layer *below,
@@ -78,6 +86,18 @@ extern const struct layer_ops layer_fmt_raw;
 extern const struct layer_ops layer_fmt_ram;
 extern const struct layer_ops layer_fmt_overlay;
 
+/* The driver of a layer whose configuration names none (and whose format is not in memory). */
+#define LAYER_DEFAULT_DRIVER "file"
+
+/* Find a format in the one table (formats.c); NULL name = the default (raw). NULL if none. */
+const struct layer_ops *layer_format_find(const char *name);
+/* Format i of the table, or NULL past its end. */
+const struct layer_ops *layer_format_at(size_t i);
+/* Space-separated list of format names, for messages. */
+const char *layer_format_names(void);
+/* The formats pick() accepts, as "a", "a or b", "a, b or c"; free with g_free(). */
+char *layer_format_list(bool (*pick)(const struct layer_ops *ops));
+
 /* Read [offset, offset+len) as the stack below l shows it (zeros where nothing holds it). */
 void layer_next_read(struct layer *l, struct bc_loop *loop, const struct iovec *iov,
                      int iovcnt, uint64_t offset, bc_cb *cb, void *opaque);
@@ -86,22 +106,5 @@ void layer_complete_later(struct bc_loop *loop, bc_cb *cb, void *opaque, int res
 /* Open a bc_dev for a layer's configuration. NULL with *errp set. */
 struct bc_dev *layer_open_dev(const struct lf_layer_cfg *cfg, bool read_only, bool direct,
                               GError **errp);
-
-/* Run a request synchronously on the calling thread's loop (or a private one); returns
- * its result.  For setup paths (open, close, tools) only. */
-struct layer_sync {
-    struct bc_loop *loop;
-    struct bc_loop *own;
-    bool done;
-    int res;
-};
-/* Get a loop for synchronous use; false + *errp on failure. */
-bool layer_sync_begin(struct layer_sync *s, GError **errp);
-/* Free a private loop. */
-void layer_sync_end(struct layer_sync *s);
-/* The bc_cb to pass to requests run synchronously; opaque = the struct layer_sync. */
-void layer_sync_cb(void *opaque, int res);
-/* Run the loop until the request completes; returns its result. */
-int layer_sync_wait(struct layer_sync *s);
 
 #endif

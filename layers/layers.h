@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* layers: layered disks (a stack of layers, top first) and their configuration.  The FUSE
- * front end and layerfs-img see disks only through this header. */
+/* layers: layered disks (a stack of layers, top first), their configuration and offline
+ * overlay files.  The FUSE front end and layerfs-img see layers only through this header. */
 #ifndef LAYERFS_LAYERS_H
 #define LAYERFS_LAYERS_H
 
@@ -91,6 +91,55 @@ unsigned lf_disk_layer_count(const struct lf_disk *disk);
 const char *lf_disk_layer_name(const struct lf_disk *disk, unsigned i);
 /* Format of layer i: "raw", "overlay" or "ram". */
 const char *lf_disk_layer_format(const struct lf_disk *disk, unsigned i);
+
+/* ---- overlay files, offline (layerfs-img; not while a disk uses them) --------------- */
+
+#define LF_IMG_DEFAULT_BLOCK (64u << 10)    /* block size of a new overlay */
+
+/* What an overlay's header and bitmap say. */
+struct lf_img_info {
+    uint32_t version;
+    uint64_t size;              /* virtual size in bytes */
+    uint32_t block_size;
+    uint64_t blocks;
+    uint64_t blocks_present;
+    bool dirty;                 /* in use, or not closed cleanly */
+    bool commit;                /* a commit into the layer below was interrupted */
+};
+
+/* What lf_img_check found and, with repair, fixed. */
+struct lf_img_check {
+    struct lf_img_info info;
+    uint64_t file_size;         /* a problem when below want_size */
+    uint64_t want_size;         /* where the data region ends */
+    char *bitmap_problem;       /* the bitmap's first problem, or NULL; g_free() it */
+    uint64_t bits_cleared;      /* repair: bad presence bits cleared */
+    bool extended;              /* repair: the file was extended to want_size */
+    bool marked_clean;          /* repair: the dirty flag was cleared */
+    int repair_err;             /* repair: 0, or -errno of the step that failed (and
+                                 * stopped the repair) */
+};
+
+/* How lf_img_commit ended. */
+enum lf_img_commit_status {
+    LF_IMG_COMMITTED,           /* done; *blocks were copied */
+    LF_IMG_CANNOT_OPEN,         /* the overlay or the base did not open: *errp says why */
+    LF_IMG_IN_USE,              /* the overlay is dirty with no commit pending, no force */
+    LF_IMG_BAD_BASE,            /* *errp: "BASE: cannot be opened for writing" or smaller */
+    LF_IMG_IO_ERROR,            /* I/O failed part way (*errp: strerror); rerun to finish */
+};
+
+/* Create an overlay of size bytes (or backing's size if not NULL); false + *errp. */
+bool lf_img_create(const char *path, uint64_t size, const char *backing, uint64_t block_size,
+                   GError **errp);
+/* Read an overlay's header and bitmap without locking it.  false + *errp. */
+bool lf_img_info(const char *path, struct lf_img_info *info, GError **errp);
+/* Check (with repair, fix) an overlay into *c; false + *errp if it does not open. */
+bool lf_img_check(const char *path, bool repair, struct lf_img_check *c, GError **errp);
+/* Merge overlay into the raw file base below it, resumably: how it ended, *blocks copied. */
+enum lf_img_commit_status lf_img_commit(const char *overlay, const char *base, bool force,
+                                        uint64_t *blocks, uint32_t *block_size,
+                                        GError **errp);
 
 #define LF_ERROR lf_error_quark()
 GQuark lf_error_quark(void);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The on-disk overlay format (man/layerfs-overlay.5): header codec, validation and layout,
- * shared by fmt-overlay.c and layerfs-img.  Pure functions on buffers, so they can be fuzzed. */
+ * shared by fmt-overlay.c and img.c.  Pure functions on buffers, so they can be fuzzed. */
 #ifndef LAYERFS_OVERLAY_FORMAT_H
 #define LAYERFS_OVERLAY_FORMAT_H
 

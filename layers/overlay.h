@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Synchronous access to an overlay file through a bc_dev, shared by fmt-overlay.c and
- * layerfs-img: open and validate, write the header, write the bitmap. */
+ * img.c (layerfs-img): open and validate, write the header, write the bitmap. */
 #ifndef LAYERFS_OVERLAY_H
 #define LAYERFS_OVERLAY_H
 
@@ -26,12 +26,12 @@ enum {
 /* Open path (driver "file" unless cfg says otherwise), read and validate header and bitmap.
  * cfg may be NULL. false + *errp naming the file, offset and reason. */
 bool ovl_file_open(struct ovl_file *f, const char *path, const struct lf_layer_cfg *cfg,
-                   bool read_only, bool direct, unsigned flags, struct layer_sync *s,
+                   bool read_only, bool direct, unsigned flags, struct bc_sync *s,
                    GError **errp);
 /* Write the header from f->h and flush: 0 or -errno. */
-int ovl_file_write_header(struct ovl_file *f, struct layer_sync *s);
+int ovl_file_write_header(struct ovl_file *f, struct bc_sync *s);
 /* Write the whole bitmap from f->bitmap and flush: 0 or -errno. */
-int ovl_file_write_bitmap(struct ovl_file *f, struct layer_sync *s);
+int ovl_file_write_bitmap(struct ovl_file *f, struct bc_sync *s);
 /* Close the device and free. */
 void ovl_file_close(struct ovl_file *f);
 

@@ -1,16 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* layerfs-img: create, inspect, check, map and commit layerfs overlay files (offline).
- * See man/layerfs-img.1.  Drives blockcore with one loop on the main thread. */
-#include <errno.h>
+ * See man/layerfs-img.1.  A thin command line over the lf_img_* calls of layers/layers.h. */
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include "layers/overlay.h"
-#include "layers/sparse.h"
+#include "layers/layers.h"
 
 #define PROG "layerfs-img"
 
@@ -105,24 +102,9 @@ static char *json_str(const char *s)
 
 /* ---- create ------------------------------------------------------------------------ */
 
-static uint64_t backing_size(const char *path, GError **errp)
-{
-    struct lf_layer_cfg c = { .name = (char *)path, .driver = (char *)"file",
-                              .path = (char *)path, .origin = (char *)path };
-    struct bc_dev *dev = layer_open_dev(&c, true, false, errp);
-
-    if (dev == NULL)
-        return 0;
-    uint64_t size = bc_dev_size(dev);
-    bc_dev_close(dev);
-    if (size == 0)
-        g_set_error(errp, LF_ERROR, EINVAL, "%s: backing file is empty", path);
-    return size;
-}
-
 static int cmd_create(const struct opts *o, int argc, char **argv)
 {
-    uint64_t size = 0, bs = OVL_DEFAULT_BLOCK;
+    uint64_t size = 0, bs = LF_IMG_DEFAULT_BLOCK;
     GError *err = NULL;
 
     if (argc != 1)
@@ -133,43 +115,31 @@ static int cmd_create(const struct opts *o, int argc, char **argv)
         die_usage("create: --size: '%s' is not a size", o->size);
     if (o->block_size != NULL && !bc_parse_size(o->block_size, &bs))
         die_usage("create: --block-size: '%s' is not a size", o->block_size);
-    if (o->backing != NULL && (size = backing_size(o->backing, &err)) == 0)
-        return fail_err(err);
-    if (!ovl_create_file(argv[0], size, (uint32_t)MIN(bs, UINT32_MAX), &err))
+    if (!lf_img_create(argv[0], size, o->backing, bs, &err))
         return fail_err(err);
     return 0;
 }
 
 /* ---- info -------------------------------------------------------------------------- */
 
-static uint64_t count_bits(const uint8_t *bm, uint64_t nblocks)
+static int cmd_info(const struct opts *o, int argc, char **argv)
 {
-    uint64_t n = 0;
-
-    for (uint64_t i = 0; i < (nblocks + 7) / 8; i++)
-        n += (uint64_t)__builtin_popcount(bm[i]);
-    return n;
-}
-
-static int cmd_info(const struct opts *o, int argc, char **argv, struct layer_sync *s)
-{
-    struct ovl_file f;
+    struct lf_img_info f;
     GError *err = NULL;
 
     if (argc != 1)
         die_usage("info: expected one OVERLAY argument");
-    if (!ovl_file_open(&f, argv[0], NULL, true, false, OVL_OPEN_NO_LOCK, s, &err))
+    if (!lf_img_info(argv[0], &f, &err))
         return fail_err(err);
-    uint64_t present = count_bits(f.bitmap, f.h.nblocks);
-    bool dirty = f.h.flags & OVL_FLAG_DIRTY, commit = f.h.flags & OVL_FLAG_COMMIT;
+    uint64_t present = f.blocks_present;
     if (o->json) {
         g_autofree char *path = json_str(argv[0]);
         printf("{\"file\": \"%s\", \"format\": \"overlay\", \"version\": %u, "
                "\"virtual-size\": %" PRIu64 ", \"block-size\": %u, \"blocks\": %" PRIu64 ", "
                "\"blocks-present\": %" PRIu64 ", \"bytes-present\": %" PRIu64 ", "
-               "\"clean\": %s, \"commit-in-progress\": %s}\n", path, f.h.version, f.h.size,
-               f.h.block_size, f.h.nblocks, present, present * f.h.block_size,
-               dirty ? "false" : "true", commit ? "true" : "false");
+               "\"clean\": %s, \"commit-in-progress\": %s}\n", path, f.version, f.size,
+               f.block_size, f.blocks, present, present * f.block_size,
+               f.dirty ? "false" : "true", f.commit ? "true" : "false");
     } else {
         printf("file:            %s\n"
                "format:          overlay, version %u\n"
@@ -177,20 +147,19 @@ static int cmd_info(const struct opts *o, int argc, char **argv, struct layer_sy
                "block size:      %u bytes\n"
                "blocks:          %" PRIu64 "\n"
                "blocks present:  %" PRIu64 " (%" PRIu64 " bytes)\n"
-               "state:           %s%s\n", argv[0], f.h.version, f.h.size, f.h.block_size,
-               f.h.nblocks, present, present * f.h.block_size,
-               dirty ? "dirty (in use, or not closed cleanly)" : "clean",
-               commit ? ", commit in progress" : "");
+               "state:           %s%s\n", argv[0], f.version, f.size, f.block_size,
+               f.blocks, present, present * f.block_size,
+               f.dirty ? "dirty (in use, or not closed cleanly)" : "clean",
+               f.commit ? ", commit in progress" : "");
     }
-    ovl_file_close(&f);
     return 0;
 }
 
 /* ---- check ------------------------------------------------------------------------- */
 
-static int cmd_check(const struct opts *o, int argc, char **argv, struct layer_sync *s)
+static int cmd_check(const struct opts *o, int argc, char **argv)
 {
-    struct ovl_file f;
+    struct lf_img_check c;
     GError *err = NULL;
     unsigned problems = 0, fixed = 0;
     const char *path;
@@ -198,65 +167,46 @@ static int cmd_check(const struct opts *o, int argc, char **argv, struct layer_s
     if (argc != 1)
         die_usage("check: expected one OVERLAY argument");
     path = argv[0];
-    if (!ovl_file_open(&f, path, NULL, !o->repair, false,
-                       OVL_OPEN_NO_BITMAP_CHECK | OVL_OPEN_NO_SIZE_CHECK, s, &err))
+    if (!lf_img_check(path, o->repair, &c, &err))
         return fail_err(err);
 
-    uint64_t want = ovl_file_size(&f.h);
-    if (f.file_size < want) {
+    if (c.file_size < c.want_size) {
         printf("%s: truncated: the data region ends at %" PRIu64 " but the file is %" PRIu64
-               " bytes\n", path, want, f.file_size);
+               " bytes\n", path, c.want_size, c.file_size);
         problems++;
     }
-    uint64_t bad = 0;
-    if (!ovl_bitmap_check(&f.h, f.bitmap, f.file_size, path, &bad, &err)) {
-        printf("%s\n", err->message);
-        g_clear_error(&err);
+    if (c.bitmap_problem != NULL) {
+        printf("%s\n", c.bitmap_problem);
+        g_free(c.bitmap_problem);
         problems++;
     }
-    if (f.h.flags & OVL_FLAG_DIRTY)
+    if (c.info.dirty)
         printf("%s: not closed cleanly (or in use); presence bits only cover durable data, "
                "so this alone is harmless%s\n", path, o->repair ? "" : " (--repair marks it "
                "clean)");
-    if (f.h.flags & OVL_FLAG_COMMIT)
+    if (c.info.commit)
         printf("%s: a commit was interrupted; rerun '" PROG " commit' to finish it\n", path);
 
     if (o->repair) {
-        int r = 0;
-        if (bad > 0) {
-            ovl_bitmap_repair(&f.h, f.bitmap, f.file_size);
-            r = ovl_file_write_bitmap(&f, s);
-            if (r == 0) {
-                printf("%s: cleared %" PRIu64 " bad presence bits\n", path, bad);
-                fixed++;
-            }
+        if (c.bits_cleared > 0) {
+            printf("%s: cleared %" PRIu64 " bad presence bits\n", path, c.bits_cleared);
+            fixed++;
         }
-        if (r == 0 && f.file_size < want) {
-            if (truncate(path, (off_t)want) < 0)
-                r = -errno;
-            else {
-                printf("%s: extended the file to %" PRIu64 " bytes\n", path, want);
-                fixed++;
-            }
+        if (c.extended) {
+            printf("%s: extended the file to %" PRIu64 " bytes\n", path, c.want_size);
+            fixed++;
         }
-        if (r == 0 && (f.h.flags & OVL_FLAG_DIRTY)) {
-            f.h.flags &= ~(uint32_t)OVL_FLAG_DIRTY;
-            r = ovl_file_write_header(&f, s);
-            if (r == 0)
-                printf("%s: marked clean\n", path);
-        }
-        if (r < 0) {
-            fprintf(stderr, PROG ": %s: repair failed: %s\n", path, g_strerror(-r));
-            ovl_file_close(&f);
+        if (c.marked_clean)
+            printf("%s: marked clean\n", path);
+        if (c.repair_err < 0) {
+            fprintf(stderr, PROG ": %s: repair failed: %s\n", path, g_strerror(-c.repair_err));
             return EXIT_PROBLEMS;
         }
-        ovl_file_close(&f);
         return fixed == problems ? 0 : EXIT_PROBLEMS;
     }
     if (problems == 0)
         printf("%s: ok: %" PRIu64 " of %" PRIu64 " blocks present\n", path,
-               count_bits(f.bitmap, f.h.nblocks), f.h.nblocks);
-    ovl_file_close(&f);
+               c.info.blocks_present, c.info.blocks);
     return problems ? EXIT_PROBLEMS : 0;
 }
 
@@ -325,117 +275,39 @@ static int cmd_map(const struct opts *o, int argc, char **argv)
 
 /* ---- commit ------------------------------------------------------------------------ */
 
-#define COMMIT_CHUNK (8u << 20)
-
-static int sync_io(struct bc_dev *dev, struct layer_sync *s, bool write, void *buf,
-                   uint64_t len, uint64_t off)
+static int cmd_commit(const struct opts *o, int argc, char **argv)
 {
-    struct iovec iov = { buf, len };
-
-    if (write)
-        bc_dev_writev(dev, s->loop, &iov, 1, off, 0, layer_sync_cb, s);
-    else
-        bc_dev_readv(dev, s->loop, &iov, 1, off, layer_sync_cb, s);
-    return layer_sync_wait(s);
-}
-
-static int sync_flush(struct bc_dev *dev, struct layer_sync *s)
-{
-    bc_dev_flush(dev, s->loop, layer_sync_cb, s);
-    return layer_sync_wait(s);
-}
-
-/*
- * Crash safety: the COMMIT flag is set durably first; blocks are copied to the base and the
- * base is flushed before their presence bits are cleared and the bitmap is flushed; the
- * flag is cleared last.  Interrupted anywhere, every block is either still present in the
- * overlay (and the base may or may not hold the same bytes: the stack reads the same) or
- * durably in the base; rerunning the command finishes the job.
- */
-static int cmd_commit(const struct opts *o, int argc, char **argv, struct layer_sync *s)
-{
-    struct ovl_file f;
     GError *err = NULL;
     const char *opath, *bpath;
-    int r = 0;
+    uint64_t committed;
+    uint32_t bs;
 
     if (argc != 2)
         die_usage("commit: expected OVERLAY and BASE arguments");
     opath = argv[0];
     bpath = argv[1];
-    if (!ovl_file_open(&f, opath, NULL, false, true, 0, s, &err))
+    switch (lf_img_commit(opath, bpath, o->force, &committed, &bs, &err)) {
+    case LF_IMG_COMMITTED:
+        printf("%s: committed %" PRIu64 " blocks (%" PRIu64 " bytes) into %s\n", opath,
+               committed, committed * bs, bpath);
+        return 0;
+    case LF_IMG_CANNOT_OPEN:
         return fail_err(err);
-    if ((f.h.flags & OVL_FLAG_DIRTY) && !(f.h.flags & OVL_FLAG_COMMIT) && !o->force) {
+    case LF_IMG_IN_USE:
         fprintf(stderr, PROG ": %s: the overlay is in use or was not closed cleanly; stop "
                 "layerfs (or run '" PROG " check --repair') first, or pass --force\n", opath);
-        ovl_file_close(&f);
         return EXIT_USAGE;
+    case LF_IMG_BAD_BASE:
+        fprintf(stderr, PROG ": %s\n", err->message);
+        break;
+    case LF_IMG_IO_ERROR:
+        fprintf(stderr, PROG ": commit of %s into %s failed: %s; both files are still "
+                "readable as a stack, rerun the command to finish\n", opath, bpath,
+                err->message);
+        break;
     }
-    struct lf_layer_cfg bc = { .name = (char *)bpath, .driver = (char *)"file",
-                               .path = (char *)bpath, .origin = (char *)bpath };
-    struct bc_dev *base = layer_open_dev(&bc, false, true, &err);
-    if (base == NULL) {
-        ovl_file_close(&f);
-        return fail_err(err);
-    }
-    if (bc_dev_props(base)->read_only || bc_dev_size(base) < f.h.size) {
-        fprintf(stderr, PROG ": %s: %s\n", bpath, bc_dev_props(base)->read_only ?
-                "cannot be opened for writing" : "is smaller than the overlay");
-        r = -EINVAL;
-        goto out;
-    }
-
-    f.h.flags |= OVL_FLAG_COMMIT | OVL_FLAG_DIRTY;
-    if ((r = ovl_file_write_header(&f, s)) < 0)
-        goto io_fail;
-
-    uint8_t *buf = bc_buf_alloc(COMMIT_CHUNK);
-    uint32_t bs = f.h.block_size;
-    uint64_t per = MAX(COMMIT_CHUNK / bs, 1), committed = 0;
-    for (uint64_t b = 0; b < f.h.nblocks && r == 0;) {
-        /* Copy up to `per` blocks' worth of runs, flush the base, then clear their bits. */
-        uint64_t start = b, done = 0;
-        while (b < f.h.nblocks && done < per && r == 0) {
-            if (!bit_get(f.bitmap, b)) {
-                b++;
-                continue;
-            }
-            uint64_t e = b + 1;
-            while (e < f.h.nblocks && e - b < per - done && bit_get(f.bitmap, e))
-                e++;
-            uint64_t off = b * bs, len = MIN(e * (uint64_t)bs, f.h.size) - off;
-            r = sync_io(f.dev, s, false, buf, len, f.h.data_off + off);
-            if (r == 0)
-                r = sync_io(base, s, true, buf, len, off);
-            done += e - b;
-            b = e;
-        }
-        if (r == 0 && done > 0)
-            r = sync_flush(base, s);
-        if (r == 0 && done > 0) {
-            for (uint64_t k = start; k < b; k++)
-                f.bitmap[k >> 3] &= (uint8_t)~(1u << (k & 7));
-            r = ovl_file_write_bitmap(&f, s);
-            committed += done;
-        }
-    }
-    bc_buf_free(buf);
-    if (r < 0)
-        goto io_fail;
-    f.h.flags &= ~(uint32_t)(OVL_FLAG_COMMIT | OVL_FLAG_DIRTY);
-    if ((r = ovl_file_write_header(&f, s)) < 0)
-        goto io_fail;
-    printf("%s: committed %" PRIu64 " blocks (%" PRIu64 " bytes) into %s\n", opath, committed,
-           committed * bs, bpath);
-    goto out;
-
-io_fail:
-    fprintf(stderr, PROG ": commit of %s into %s failed: %s; both files are still readable "
-            "as a stack, rerun the command to finish\n", opath, bpath, g_strerror(-r));
-out:
-    bc_dev_close(base);
-    ovl_file_close(&f);
-    return r < 0 ? EXIT_PROBLEMS : 0;
+    g_clear_error(&err);
+    return EXIT_PROBLEMS;
 }
 
 int main(int argc, char **argv)
@@ -473,19 +345,16 @@ int main(int argc, char **argv)
     argc -= optind;
     argv += optind;
 
-    struct layer_sync s;
-    GError *err = NULL;
     if (strcmp(cmd, "create") == 0)
         return cmd_create(&o, argc, argv);
     if (strcmp(cmd, "map") == 0)
         return cmd_map(&o, argc, argv);
-    if (strcmp(cmd, "info") != 0 && strcmp(cmd, "check") != 0 && strcmp(cmd, "commit") != 0)
-        die_usage("unknown command '%s'", cmd);
-    if (!layer_sync_begin(&s, &err))
-        return fail_err(err);
-    int rc = strcmp(cmd, "info") == 0 ? cmd_info(&o, argc, argv, &s)
-           : strcmp(cmd, "check") == 0 ? cmd_check(&o, argc, argv, &s)
-           : cmd_commit(&o, argc, argv, &s);
-    layer_sync_end(&s);
-    return rc;
+    if (strcmp(cmd, "info") == 0)
+        return cmd_info(&o, argc, argv);
+    if (strcmp(cmd, "check") == 0)
+        return cmd_check(&o, argc, argv);
+    if (strcmp(cmd, "commit") == 0)
+        return cmd_commit(&o, argc, argv);
+    die_usage("unknown command '%s'", cmd);
+    return EXIT_USAGE;
 }

@@ -64,61 +64,57 @@ void lt_disk_free(struct lf_disk_cfg *cfg)
     g_free(cfg);
 }
 
-struct lt_wait {
-    bool done;
-    int res;
-};
-
-static void lt_cb(void *opaque, int res)
+/* Run a request started with bc_sync_cb on w to completion. */
+static int lt_run(struct bc_sync *w)
 {
-    struct lt_wait *w = opaque;
-
-    w->done = true;
-    w->res = res;
+    g_assert_cmpuint(w->pending, ==, 1);    /* never completed inside the call */
+    int r = bc_sync_wait(w);
+    bc_sync_end(w);
+    return r;
 }
 
-static int lt_run(struct bc_loop *loop, struct lt_wait *w)
+static struct bc_sync lt_sync(struct bc_loop *loop)
 {
-    g_assert_false(w->done);    /* never completed inside the call */
-    while (!w->done)
-        bc_loop_run_once(loop, true);
-    return w->res;
+    struct bc_sync w;
+
+    g_assert_true(bc_sync_begin(&w, loop, NULL));
+    return w;
 }
 
 int lt_read(struct lf_disk *d, struct bc_loop *loop, void *buf, size_t len, uint64_t off)
 {
-    struct lt_wait w = { 0 };
+    struct bc_sync w = lt_sync(loop);
     struct iovec iov = { buf, len };
 
-    lf_disk_readv(d, loop, &iov, 1, off, lt_cb, &w);
-    return lt_run(loop, &w);
+    lf_disk_readv(d, loop, &iov, 1, off, bc_sync_cb, &w);
+    return lt_run(&w);
 }
 
 int lt_write(struct lf_disk *d, struct bc_loop *loop, const void *buf, size_t len,
              uint64_t off, unsigned flags)
 {
-    struct lt_wait w = { 0 };
+    struct bc_sync w = lt_sync(loop);
     struct iovec iov = { (void *)buf, len };
 
-    lf_disk_writev(d, loop, &iov, 1, off, flags, lt_cb, &w);
-    return lt_run(loop, &w);
+    lf_disk_writev(d, loop, &iov, 1, off, flags, bc_sync_cb, &w);
+    return lt_run(&w);
 }
 
 int lt_zero(struct lf_disk *d, struct bc_loop *loop, uint64_t off, uint64_t len,
             unsigned flags)
 {
-    struct lt_wait w = { 0 };
+    struct bc_sync w = lt_sync(loop);
 
-    lf_disk_write_zeroes(d, loop, off, len, flags, lt_cb, &w);
-    return lt_run(loop, &w);
+    lf_disk_write_zeroes(d, loop, off, len, flags, bc_sync_cb, &w);
+    return lt_run(&w);
 }
 
 int lt_flush(struct lf_disk *d, struct bc_loop *loop)
 {
-    struct lt_wait w = { 0 };
+    struct bc_sync w = lt_sync(loop);
 
-    lf_disk_flush(d, loop, lt_cb, &w);
-    return lt_run(loop, &w);
+    lf_disk_flush(d, loop, bc_sync_cb, &w);
+    return lt_run(&w);
 }
 
 uint8_t *lt_make_file(const char *path, size_t len, guint32 seed)

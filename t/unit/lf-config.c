@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The configuration parser (layers/config.c): what the key file and the inline --disk form
  * accept, what they reject, and that every message names FILE:GROUP:KEY. */
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -8,7 +9,7 @@
 #include <glib.h>
 #include <glib/gstdio.h>
 
-#include "layers/layers.h"
+#include "layers/layer.h"
 
 static char *tmpdir;
 
@@ -282,6 +283,128 @@ static void test_inline(void)
     expect_inline_error("x=format=ram,path=/a", "--disk x:layer 1:path: a layer of format ram");
 }
 
+/* The parser's message for the one-disk inline spec, or NULL if it accepts it. */
+static char *inline_msg(const char *spec)
+{
+    struct lf_config *cfg = lf_config_new();
+    g_autoptr(GError) err = NULL;
+    char *msg = lf_config_add_inline(cfg, spec, &err) ? NULL : g_strdup(err->message);
+
+    lf_config_free(cfg);
+    return msg;
+}
+
+/* Parse and open the one-disk inline spec: NULL if both succeed, else the message. */
+static char *open_msg(const char *spec)
+{
+    struct lf_config *cfg = lf_config_new();
+    g_autoptr(GError) err = NULL;
+    char *msg = NULL;
+
+    if (!lf_config_add_inline(cfg, spec, &err)) {
+        msg = g_strdup_printf("parse: %s", err->message);
+    } else {
+        struct lf_disk *d = lf_disk_open(g_ptr_array_index(cfg->disks, 0), false, &err);
+        if (d == NULL)
+            msg = g_strdup(err->message);
+        else
+            g_assert_cmpint(lf_disk_close(d), ==, 0);
+    }
+    lf_config_free(cfg);
+    return msg;
+}
+
+/* spec must be accepted (want == NULL) or rejected with a message containing want. */
+static void expect(const char *spec, char *got, const char *want)
+{
+    if (want == NULL && got != NULL) {
+        g_test_message("%s: rejected: %s", spec, got);
+        g_test_fail();
+    } else if (want != NULL && got == NULL) {
+        g_test_message("%s: accepted, wanted: ...%s...", spec, want);
+        g_test_fail();
+    } else if (want != NULL && strstr(got, want) == NULL) {
+        g_test_message("%s: got: %s; want: ...%s...", spec, got, want);
+        g_test_fail();
+    }
+    g_free(got);
+}
+
+/* The spec printf'd from fmt must be accepted by the parser (open: and open) if want is
+ * NULL, else rejected with a message containing want. */
+static void G_GNUC_PRINTF(3, 4) rule(bool open, const char *want, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    g_autofree char *spec = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    expect(spec, open ? open_msg(spec) : inline_msg(spec), want);
+}
+
+/* Every format in the table has each rule its descriptor states enforced, at parse time
+ * (driver, path, create, block-size) or at open time (create, read-cache). */
+static void test_format_rules(void)
+{
+    const struct layer_ops *f;
+
+    for (size_t i = 0; (f = layer_format_at(i)) != NULL; i++) {
+        const char *n = f->format;
+        /* A layer meeting every rule of its format. */
+        g_autofree char *ok = f->in_memory ? g_strdup_printf("x=format=%s", n)
+                                           : g_strdup_printf("x=format=%s,path=/a", n);
+        g_autofree char *no_driver = g_strdup_printf(
+            "--disk x:layer 1:driver: a layer of format %s keeps its data in memory and "
+            "takes no driver", n);
+        g_autofree char *no_path = g_strdup_printf(
+            "--disk x:layer 1:path: a layer of format %s keeps its data in memory and takes "
+            "no path", n);
+        g_autofree char *no_image = g_strdup_printf(
+            "--disk x:layer 1:create: a layer of format %s has no image to create", n);
+        g_autofree char *no_cache = g_strdup_printf(
+            "--disk x:layer 1:read-cache: format %s cannot be a read cache", n);
+
+        g_test_message("format %s", n);
+        g_assert_true(layer_format_find(n) == f);
+        rule(false, NULL, "%s", ok);
+        rule(false, f->in_memory ? no_driver : NULL, "x=format=%s,driver=file,path=/a", n);
+        rule(false, f->in_memory ? no_path : NULL, "x=format=%s,path=/a", n);
+        rule(false, f->in_memory ? NULL : "--disk x:layer 1:path: required for driver file",
+             "x=format=%s", n);
+        rule(false, f->has_block_size ? NULL
+             : "--disk x:layer 1:block-size: only layers of format ", "%s,block-size=4096", ok);
+        rule(false, f->in_memory ? no_image : NULL, "%s,create=true", ok);
+
+        /* Opened over a 1M raw layer on the ram driver: creating, and being a read cache. */
+        g_autofree char *top = f->in_memory ? g_strdup_printf("format=%s", n)
+            : f->can_create ? g_strdup_printf("format=%s,path=%s/%s.img", n, tmpdir, n)
+            : g_strdup_printf("format=%s,driver=ram,size=1M", n);
+        if (!f->in_memory)
+            rule(true, f->can_create ? NULL
+                 : "--disk x:layer 1:create: only overlay layers can be created",
+                 "x=%s,create=true:driver=ram,size=1M", top);
+        rule(true, f->can_no_overwrite ? NULL : no_cache,
+             "x=%s,read-cache=true:driver=ram,size=1M", top);
+    }
+    g_assert_cmpstr(layer_format_names(), ==, "raw overlay ram");
+}
+
+/* Every driver in the table that needs a path gets one, whatever it is called. */
+static void test_driver_rules(void)
+{
+    g_auto(GStrv) names = g_strsplit(bc_driver_names(), " ", -1);
+
+    for (char **n = names; *n != NULL; n++) {
+        const struct bc_driver *drv = bc_driver_find(*n);
+        g_autofree char *spec = g_strdup_printf("x=driver=%s", *n);
+        g_autofree char *want = g_strdup_printf("--disk x:layer 1:path: required for driver "
+                                                "%s", *n);
+
+        g_assert_nonnull(drv);
+        expect(spec, inline_msg(spec), drv->needs_path ? want : NULL);
+    }
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -291,6 +414,8 @@ int main(int argc, char **argv)
     g_test_add_func("/config/stack-rules", test_stack_rules);
     g_test_add_func("/config/errors", test_errors);
     g_test_add_func("/config/inline", test_inline);
+    g_test_add_func("/config/format-rules", test_format_rules);
+    g_test_add_func("/config/driver-rules", test_driver_rules);
     int r = g_test_run();
     g_autofree char *rm = g_strdup_printf("rm -rf '%s'", tmpdir);
     if (system(rm) != 0)

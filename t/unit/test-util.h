@@ -49,9 +49,9 @@ void tu_io_start(struct tu_io *io, unsigned *pending);
 struct bc_loop *tu_loop_new(void);
 /* Free a loop made by tu_loop_new() once its safety tick (if any) has fired. */
 void tu_loop_free(struct bc_loop *loop);
-/* Run loop (blocking iterations) until *pending is 0.  A short io_uring timeout is kept
- * armed so that a loop which sleeps after running the completing task (see
- * /loop/run-once-after-defer) cannot hang the test. */
+/* Run loop until *pending is 0 with bc_loop_wait(), as the layers and tools wait.  A short
+ * io_uring timeout bounds its first sleep; a loop that sleeps after running the completing
+ * task (see /loop/run-once-after-defer) hangs and the watchdog fails the test. */
 void tu_run_until_done(struct bc_loop *loop, unsigned *pending);
 /* One blocking iteration with the safety tick armed. */
 void tu_run_once(struct bc_loop *loop);

@@ -79,12 +79,10 @@ static void io_cb(void *opaque, int res)
 
 static void run(struct bc_loop *loop, unsigned *pending)
 {
-    while (*pending) {
-        int r = bc_loop_run_once(loop, true);
-        if (r < 0) {
-            FAIL("bc_loop_run_once: %s", g_strerror(-r));
-            exit(1);
-        }
+    int r = bc_loop_wait(loop, pending);
+    if (r < 0) {
+        FAIL("bc_loop_wait: %s", g_strerror(-r));
+        exit(1);
     }
 }
 

@@ -1,0 +1,253 @@
+/* SPDX-License-Identifier: MIT */
+/* Offline overlay files, the lf_img_* API of layers.h behind layerfs-img: create, info,
+ * check and repair, commit into the layer below.  Each call runs its I/O synchronously. */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "layers/overlay.h"
+#include "layers/sparse.h"
+
+G_STATIC_ASSERT(LF_IMG_DEFAULT_BLOCK == OVL_DEFAULT_BLOCK);
+
+#define COMMIT_CHUNK (8u << 20)
+
+static uint64_t count_bits(const uint8_t *bm, uint64_t nblocks)
+{
+    uint64_t n = 0;
+
+    for (uint64_t i = 0; i < (nblocks + 7) / 8; i++)
+        n += (uint64_t)__builtin_popcount(bm[i]);
+    return n;
+}
+
+/* A raw file through the file driver, as the tool names it: path for every message. */
+static struct bc_dev *open_raw(const char *path, bool read_only, bool direct, GError **errp)
+{
+    struct lf_layer_cfg c = { .name = (char *)path, .path = (char *)path,
+                              .origin = (char *)path };
+
+    return layer_open_dev(&c, read_only, direct, errp);
+}
+
+static uint64_t backing_size(const char *path, GError **errp)
+{
+    struct bc_dev *dev = open_raw(path, true, false, errp);
+
+    if (dev == NULL)
+        return 0;
+    uint64_t size = bc_dev_size(dev);
+    bc_dev_close(dev);
+    if (size == 0)
+        g_set_error(errp, LF_ERROR, EINVAL, "%s: backing file is empty", path);
+    return size;
+}
+
+bool lf_img_create(const char *path, uint64_t size, const char *backing, uint64_t block_size,
+                   GError **errp)
+{
+    if (backing != NULL && (size = backing_size(backing, errp)) == 0)
+        return false;
+    return ovl_create_file(path, size, (uint32_t)MIN(block_size, UINT32_MAX), errp);
+}
+
+static void fill_info(const struct ovl_file *f, struct lf_img_info *info)
+{
+    *info = (struct lf_img_info){
+        .version = f->h.version,
+        .size = f->h.size,
+        .block_size = f->h.block_size,
+        .blocks = f->h.nblocks,
+        .blocks_present = count_bits(f->bitmap, f->h.nblocks),
+        .dirty = f->h.flags & OVL_FLAG_DIRTY,
+        .commit = f->h.flags & OVL_FLAG_COMMIT,
+    };
+}
+
+bool lf_img_info(const char *path, struct lf_img_info *info, GError **errp)
+{
+    struct bc_sync s;
+    struct ovl_file f;
+    bool ok;
+
+    if (!bc_sync_begin(&s, NULL, errp))
+        return false;
+    ok = ovl_file_open(&f, path, NULL, true, false, OVL_OPEN_NO_LOCK, &s, errp);
+    if (ok) {
+        fill_info(&f, info);
+        ovl_file_close(&f);
+    }
+    bc_sync_end(&s);
+    return ok;
+}
+
+/* The repairs, in order, each only if the one before succeeded. */
+static void repair(struct ovl_file *f, struct bc_sync *s, const char *path, uint64_t bad,
+                   struct lf_img_check *c)
+{
+    int r = 0;
+
+    if (bad > 0) {
+        ovl_bitmap_repair(&f->h, f->bitmap, f->file_size);
+        r = ovl_file_write_bitmap(f, s);
+        if (r == 0)
+            c->bits_cleared = bad;
+    }
+    if (r == 0 && c->file_size < c->want_size) {
+        if (truncate(path, (off_t)c->want_size) < 0)
+            r = -errno;
+        else
+            c->extended = true;
+    }
+    if (r == 0 && (f->h.flags & OVL_FLAG_DIRTY)) {
+        f->h.flags &= ~(uint32_t)OVL_FLAG_DIRTY;
+        r = ovl_file_write_header(f, s);
+        if (r == 0)
+            c->marked_clean = true;
+    }
+    c->repair_err = r;
+}
+
+bool lf_img_check(const char *path, bool repair_it, struct lf_img_check *c, GError **errp)
+{
+    struct bc_sync s;
+    struct ovl_file f;
+    g_autoptr(GError) err = NULL;
+    uint64_t bad = 0;
+
+    memset(c, 0, sizeof(*c));
+    if (!bc_sync_begin(&s, NULL, errp))
+        return false;
+    if (!ovl_file_open(&f, path, NULL, !repair_it, false,
+                       OVL_OPEN_NO_BITMAP_CHECK | OVL_OPEN_NO_SIZE_CHECK, &s, errp)) {
+        bc_sync_end(&s);
+        return false;
+    }
+    fill_info(&f, &c->info);
+    c->file_size = f.file_size;
+    c->want_size = ovl_file_size(&f.h);
+    if (!ovl_bitmap_check(&f.h, f.bitmap, f.file_size, path, &bad, &err))
+        c->bitmap_problem = g_strdup(err->message);
+    if (repair_it)
+        repair(&f, &s, path, bad, c);
+    ovl_file_close(&f);
+    bc_sync_end(&s);
+    return true;
+}
+
+static int sync_io(struct bc_dev *dev, struct bc_sync *s, bool write, void *buf,
+                   uint64_t len, uint64_t off)
+{
+    struct iovec iov = { buf, len };
+
+    if (write)
+        bc_dev_writev(dev, s->loop, &iov, 1, off, 0, bc_sync_cb, s);
+    else
+        bc_dev_readv(dev, s->loop, &iov, 1, off, bc_sync_cb, s);
+    return bc_sync_wait(s);
+}
+
+static int sync_flush(struct bc_dev *dev, struct bc_sync *s)
+{
+    bc_dev_flush(dev, s->loop, bc_sync_cb, s);
+    return bc_sync_wait(s);
+}
+
+/*
+ * Crash safety: the COMMIT flag is set durably first; blocks are copied to the base and the
+ * base is flushed before their presence bits are cleared and the bitmap is flushed; the
+ * flag is cleared last.  Interrupted anywhere, every block is either still present in the
+ * overlay (and the base may or may not hold the same bytes: the stack reads the same) or
+ * durably in the base; rerunning the command finishes the job.
+ */
+static int copy_blocks(struct ovl_file *f, struct bc_dev *base, struct bc_sync *s,
+                       uint64_t *committed)
+{
+    int r;
+
+    f->h.flags |= OVL_FLAG_COMMIT | OVL_FLAG_DIRTY;
+    if ((r = ovl_file_write_header(f, s)) < 0)
+        return r;
+
+    uint8_t *buf = bc_buf_alloc(COMMIT_CHUNK);
+    uint32_t bs = f->h.block_size;
+    uint64_t per = MAX(COMMIT_CHUNK / bs, 1);
+    for (uint64_t b = 0; b < f->h.nblocks && r == 0;) {
+        /* Copy up to `per` blocks' worth of runs, flush the base, then clear their bits. */
+        uint64_t start = b, done = 0;
+        while (b < f->h.nblocks && done < per && r == 0) {
+            if (!bit_get(f->bitmap, b)) {
+                b++;
+                continue;
+            }
+            uint64_t e = b + 1;
+            while (e < f->h.nblocks && e - b < per - done && bit_get(f->bitmap, e))
+                e++;
+            uint64_t off = b * bs, len = MIN(e * (uint64_t)bs, f->h.size) - off;
+            r = sync_io(f->dev, s, false, buf, len, f->h.data_off + off);
+            if (r == 0)
+                r = sync_io(base, s, true, buf, len, off);
+            done += e - b;
+            b = e;
+        }
+        if (r == 0 && done > 0)
+            r = sync_flush(base, s);
+        if (r == 0 && done > 0) {
+            for (uint64_t k = start; k < b; k++)
+                f->bitmap[k >> 3] &= (uint8_t)~(1u << (k & 7));
+            r = ovl_file_write_bitmap(f, s);
+            *committed += done;
+        }
+    }
+    bc_buf_free(buf);
+    if (r < 0)
+        return r;
+    f->h.flags &= ~(uint32_t)(OVL_FLAG_COMMIT | OVL_FLAG_DIRTY);
+    return ovl_file_write_header(f, s);
+}
+
+enum lf_img_commit_status lf_img_commit(const char *overlay, const char *base, bool force,
+                                        uint64_t *blocks, uint32_t *block_size,
+                                        GError **errp)
+{
+    enum lf_img_commit_status st = LF_IMG_CANNOT_OPEN;
+    struct bc_dev *bdev = NULL;
+    struct ovl_file f;
+    struct bc_sync s;
+
+    *blocks = 0;
+    *block_size = 0;
+    if (!bc_sync_begin(&s, NULL, errp))
+        return LF_IMG_CANNOT_OPEN;
+    if (!ovl_file_open(&f, overlay, NULL, false, true, 0, &s, errp)) {
+        bc_sync_end(&s);
+        return LF_IMG_CANNOT_OPEN;
+    }
+    *block_size = f.h.block_size;
+    if ((f.h.flags & OVL_FLAG_DIRTY) && !(f.h.flags & OVL_FLAG_COMMIT) && !force) {
+        st = LF_IMG_IN_USE;
+        goto out;
+    }
+    bdev = open_raw(base, false, true, errp);
+    if (bdev == NULL)
+        goto out;
+    if (bc_dev_props(bdev)->read_only || bc_dev_size(bdev) < f.h.size) {
+        g_set_error(errp, LF_ERROR, EINVAL, "%s: %s", base, bc_dev_props(bdev)->read_only ?
+                    "cannot be opened for writing" : "is smaller than the overlay");
+        st = LF_IMG_BAD_BASE;
+        goto out;
+    }
+    int r = copy_blocks(&f, bdev, &s, blocks);
+    if (r < 0) {
+        g_set_error(errp, LF_ERROR, -r, "%s", g_strerror(-r));
+        st = LF_IMG_IO_ERROR;
+    } else {
+        st = LF_IMG_COMMITTED;
+    }
+out:
+    if (bdev != NULL)
+        bc_dev_close(bdev);
+    ovl_file_close(&f);
+    bc_sync_end(&s);
+    return st;
+}
