@@ -60,7 +60,7 @@ struct bc_vblk {
     struct bc_task *pool_head, **pool_tail; /* dreqs waiting for bounce memory, FIFO */
 };
 
-enum { PH_IO, PH_FUA_FLUSH, PH_DWZ };
+enum { PH_IO, PH_DWZ };
 
 /* Per-request driver state, in dreq->drv_scratch. */
 struct vblk_rs {

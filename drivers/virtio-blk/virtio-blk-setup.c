@@ -84,7 +84,7 @@ bool bc_vblk_props(const char *what, uint64_t features, const struct bc_vblk_con
     }
     if (features & (1ull << VIRTIO_BLK_F_WRITE_ZEROES))
         p->zero_align = blk;
-    p->fua_native = false;
+    p->fua_native = false;  /* blockcore emulates FUA with a flush; we never see the flag */
     p->read_only = features & (1ull << VIRTIO_BLK_F_RO);
     p->can_grow = false;
     return true;

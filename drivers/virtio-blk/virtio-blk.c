@@ -186,9 +186,6 @@ static int add_locked(struct bc_vblk *b, struct vblk_queue *q, struct bc_dreq *d
     struct bc_vbuf *segs = small;
     unsigned n = 0;
 
-    if (rs->phase == PH_FUA_FLUSH)
-        return bc_vblk_add(&q->vq, q->slots, q->slots_addr, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, 0,
-                           0, d);
     switch (d->op) {
     case BC_OP_FLUSH:
         return bc_vblk_add(&q->vq, q->slots, q->slots_addr, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, 0,
@@ -331,6 +328,8 @@ void bc_vblk_submit(struct bc_vblk *b, struct bc_dreq *d)
 {
     struct vblk_rs *rs = rs_of(d);
 
+    /* props.fua_native is false, so blockcore emulates FUA with a flush of its own. */
+    assert(!(d->flags & BC_REQ_FUA));
     memset(rs, 0, sizeof(*rs));
     rs->b = b;
     if (bc_loop_current() != d->loop) {
@@ -394,25 +393,12 @@ void bc_vblk_stats(struct bc_vblk *b, struct bc_drv_stats *st)
 /* ---- completion -------------------------------------------------------------------- */
 
 /* A virtio request of d finished with res: true if d is complete, false if its next virtio
- * request is wanted. */
-static bool step_done(struct bc_vblk *b, struct bc_dreq *d, int res)
+ * request is wanted (discard and write-zeroes go in chunks). */
+static bool step_done(struct bc_dreq *d, int res)
 {
     struct vblk_rs *rs = rs_of(d);
 
-    if (res < 0)
-        return true;
-    switch (rs->phase) {
-    case PH_IO:
-        if (d->op == BC_OP_WRITE && (d->flags & BC_REQ_FUA) && vblk_has(b, VIRTIO_BLK_F_FLUSH)) {
-            rs->phase = PH_FUA_FLUSH;
-            return false;
-        }
-        return true;
-    case PH_DWZ:
-        return rs->next >= d->offset + d->len;
-    default:
-        return true;
-    }
+    return res < 0 || rs->phase != PH_DWZ || rs->next >= d->offset + d->len;
 }
 
 /* Reap q's used ring, start waiting requests and kick.  Returns the finished requests
@@ -430,7 +416,7 @@ static struct bc_task *process_queue(struct bc_vblk *b, struct vblk_queue *q)
         while ((cookie = bc_vq_get_used(&q->vq, &head, &len))) {
             struct bc_dreq *d = cookie;
             int res = bc_vblk_status(q->slots, head);
-            if (!step_done(b, d, res) && !__atomic_load_n(&b->dead, __ATOMIC_ACQUIRE)) {
+            if (!step_done(d, res) && !__atomic_load_n(&b->dead, __ATOMIC_ACQUIRE)) {
                 if (!q->wait_head && add_locked(b, q, d) == 0)
                     continue;
                 /* Out of descriptors: go ahead of the waiters, it started first. */
