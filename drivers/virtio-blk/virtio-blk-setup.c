@@ -158,9 +158,8 @@ struct bc_vblk *bc_vblk_new(const struct bc_vblk_args *a, const struct bc_props 
     }
     g_mutex_init(&b->pool_lock);
     b->pool = p;
-    b->pool_pages = pool_bytes / POOL_PAGE;
-    b->bitmap = g_new0(uint64_t, (b->pool_pages + 63) / 64);
-    b->pool_tail = &b->pool_head;
+    if (!bc_pagemap_init(&b->pool_map, pool_bytes / POOL_PAGE))
+        g_error("%s: out of memory for the bounce pool's page map", a->what);
     return b;
 }
 
@@ -215,7 +214,7 @@ void bc_vblk_free(struct bc_vblk *b)
         g_mutex_clear(&q->lock);
     }
     g_mutex_clear(&b->pool_lock);
-    g_free(b->bitmap);
+    bc_pagemap_destroy(&b->pool_map);
     g_free(b->q);
     g_free(b->what);
     g_free(b);
