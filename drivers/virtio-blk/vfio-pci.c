@@ -21,7 +21,7 @@
 
 #include "drivers/drivers.h"
 #include "drivers/util.h"
-#include "drivers/virtio-blk/virtqueue.h"
+#include "drivers/virtio-blk/virtio-blk.h"
 
 /*
  * Notes on the design

@@ -5,7 +5,7 @@
 #define LAYERFS_VIRTIO_BLK_INT_H
 
 #include "blockcore/pagemap.h"
-#include "drivers/virtio-blk/virtqueue.h"
+#include "drivers/virtio-blk/virtio-blk.h"
 
 #define POOL_PAGE 4096u            /* bounce pool granule */
 #define MAX_TRANSFER_CAP (1u << 20) /* largest request we report */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The virtio-blk driver core's I/O path, shared by the transports: the bounce pool,
- * per-loop queues, submission and completion, device death.  See virtqueue.h. */
+ * per-loop queues, submission and completion, device death.  See virtio-blk.h. */
 #include <assert.h>
 #include <errno.h>
 #include <string.h>
