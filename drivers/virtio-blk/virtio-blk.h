@@ -15,6 +15,12 @@
 /*
  * Notes on the design
  *
+ * Setup.  A transport connects to the device its own way (a vhost-user socket, a PCI
+ * function through VFIO) and reads the features it offers; bc_vblk_setup() does the rest,
+ * the same for both: it chooses the features, reads the config, chooses the number and
+ * size of queues, derives the properties, creates the core and sets up every queue, calling
+ * the transport (struct bc_vblk_setup_ops) for each step that touches the device.
+ *
  * Memory.  A transport hands the core one device-visible region (struct bc_vmem): a memfd
  * shared with a vhost-user back end, or memory DMA-mapped through VFIO.  The core carves it
  * into the rings of every queue, one request-header slot per descriptor (header, discard
@@ -47,6 +53,9 @@
     ((1ull << 1) | (1ull << 2) | (1ull << 5) | (1ull << 6) | (1ull << 9) | (1ull << 10) | \
      (1ull << 12) | (1ull << 13) | (1ull << 14) | (1ull << 29) | (1ull << 32))
 
+/* Queues used when the num-queues option does not say (and the device has as many). */
+#define BC_VBLK_DEFAULT_QUEUES 16u
+
 struct bc_vblk;
 
 struct bc_vblk_transport {
@@ -58,31 +67,53 @@ struct bc_vblk_transport {
     bool (*alive)(void *t);
 };
 
-struct bc_vblk_args {
+/* Negotiating with a device: what the transport knows going in, and what was chosen. */
+struct bc_vblk_setup {
     const char *what;               /* for messages */
-    uint64_t features;              /* negotiated */
-    const struct bc_vblk_config *cfg;
-    unsigned num_queues, queue_size;
-    struct bc_vmem mem;             /* at least bc_vblk_mem_bytes() */
-    const int *call_fds;            /* per queue, non-blocking eventfds */
+    uint64_t dev_features;          /* offered by the device */
+    uint64_t extra_features;        /* transport bits kept besides BC_VBLK_WANTED_FEATURES */
+    unsigned dev_queues;            /* queues the transport says the device has */
+    int64_t want_queues;            /* the num-queues option; 0: choose */
+    unsigned queue_size;            /* the queue-size option; lowered to what queues take */
     bool read_only;                 /* opened read-only */
-    const struct bc_vblk_transport *ops;
-    void *t;                        /* transport state for ops */
+    const int *call_fds;            /* per queue, non-blocking eventfds; filled by alloc */
+    const struct bc_vblk_transport *io; /* the I/O-time ops; filled by alloc at the latest */
+    /* Chosen by bc_vblk_setup(): */
+    uint64_t features;
+    unsigned num_queues;
+    struct bc_vblk_config cfg;
 };
 
-/* The bounce pool size for a device with this max transfer. */
-size_t bc_vblk_pool_bytes(uint32_t max_transfer);
+/* A transport's steps of bc_vblk_setup(), in the order they run; each gets the transport
+ * state t and returns false with *errp set on failure.  NULL steps are skipped. */
+struct bc_vblk_setup_ops {
+    /* Tell the device the negotiated features (or leave it to attach). */
+    bool (*set_features)(void *t, uint64_t features, GError **errp);
+    /* Read the first BC_VBLK_CONFIG_BYTES of config space (little-endian) into raw. */
+    bool (*read_config)(void *t, uint8_t *raw, GError **errp);
+    /* Lower *queues to what the transport can drive; fail if want (if set) exceeds it. */
+    bool (*limit_queues)(void *t, int64_t want, unsigned *queues, GError **errp);
+    /* The largest size queue qi takes; 0: any. */
+    unsigned (*queue_max)(void *t, unsigned qi);
+    /* Device-visible memory of at least len bytes for num_queues queues into *mem, and the
+     * eventfds s->call_fds points to. */
+    bool (*alloc)(void *t, unsigned num_queues, size_t len, struct bc_vmem *mem,
+                  GError **errp);
+    /* The core exists: register the I/O buffer arenas (bc_vblk_add_mem()) and such. */
+    bool (*attach)(void *t, struct bc_vblk *b, uint64_t features, GError **errp);
+    /* Give the device queue qi: its size and the device addresses of its rings. */
+    bool (*set_queue)(void *t, unsigned qi, unsigned size, uint64_t desc, uint64_t avail,
+                      uint64_t used, GError **errp);
+};
+
 /* Derive properties from features and config as libblkio does; false with *errp on junk. */
 bool bc_vblk_props(const char *what, uint64_t features, const struct bc_vblk_config *cfg,
                    unsigned queue_size, struct bc_props *props, GError **errp);
-/* Bytes of device memory the core needs. */
-size_t bc_vblk_mem_bytes(unsigned num_queues, unsigned queue_size, const struct bc_props *p);
-/* Create the core over initialised device memory. NULL with *errp on failure. */
-struct bc_vblk *bc_vblk_new(const struct bc_vblk_args *args, const struct bc_props *props,
-                            GError **errp);
-/* Device addresses of queue qi's rings, for the transport's queue setup. */
-void bc_vblk_ring_addrs(struct bc_vblk *b, unsigned qi, uint64_t *desc, uint64_t *avail,
-                        uint64_t *used);
+/* Negotiate features, read the config, choose queues, derive *props, create the core (in
+ * *blkp as soon as it exists, for the transport to free) and set up its queues through
+ * ops.  True, or false with *errp set. */
+bool bc_vblk_setup(struct bc_vblk_setup *s, const struct bc_vblk_setup_ops *ops, void *t,
+                   struct bc_props *props, struct bc_vblk **blkp, GError **errp);
 /* Another device-visible region (a registered bc_buf_regions() arena): iovecs inside it
  * go to the device without a copy.  Only before the first request; at most
  * BC_BUF_MAX_REGIONS. */
