@@ -52,8 +52,7 @@ void bc_pagemap_destroy(struct bc_pagemap *m);
 ssize_t bc_pagemap_take(struct bc_pagemap *m, size_t n);
 /* Take w->pages now (true, w->first set), else queue w behind the other waiters (false). */
 bool bc_pagemap_take_or_wait(struct bc_pagemap *m, struct bc_pagemap_wait *w);
-/* Give back n pages from first and grant waiters in order while the oldest fits: returns
- * those granted (oldest first, linked by next, first set) for the caller to wake. */
+/* Give back n pages from first; returns the waiters now granted (oldest first) to wake. */
 struct bc_pagemap_wait *bc_pagemap_put(struct bc_pagemap *m, size_t first, size_t n);
 /* Remove every waiter, oldest first (linked by next), e.g. to fail them. */
 struct bc_pagemap_wait *bc_pagemap_drain(struct bc_pagemap *m);

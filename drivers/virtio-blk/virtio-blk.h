@@ -19,7 +19,9 @@
  * function through VFIO) and reads the features it offers; bc_vblk_setup() does the rest,
  * the same for both: it chooses the features, reads the config, chooses the number and
  * size of queues, derives the properties, creates the core and sets up every queue, calling
- * the transport (struct bc_vblk_setup_ops) for each step that touches the device.
+ * the transport (struct bc_vblk_setup_ops) for each step that touches the device.  The
+ * core is stored for the transport as soon as it exists, so that on a later failure the
+ * transport tears everything down in its own order (vfio-pci resets the device first).
  *
  * Memory.  A transport hands the core one device-visible region (struct bc_vmem): a memfd
  * shared with a vhost-user back end, or memory DMA-mapped through VFIO.  The core carves it
@@ -109,9 +111,7 @@ struct bc_vblk_setup_ops {
 /* Derive properties from features and config as libblkio does; false with *errp on junk. */
 bool bc_vblk_props(const char *what, uint64_t features, const struct bc_vblk_config *cfg,
                    unsigned queue_size, struct bc_props *props, GError **errp);
-/* Negotiate features, read the config, choose queues, derive *props, create the core (in
- * *blkp as soon as it exists, for the transport to free) and set up its queues through
- * ops.  True, or false with *errp set. */
+/* Negotiate, create the core in *blkp and set up its queues via ops; false with *errp. */
 bool bc_vblk_setup(struct bc_vblk_setup *s, const struct bc_vblk_setup_ops *ops, void *t,
                    struct bc_props *props, struct bc_vblk **blkp, GError **errp);
 /* Another device-visible region (a registered bc_buf_regions() arena): iovecs inside it
