@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "blockcore/bc-internal.h"
+#include "blockcore/pagemap.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -32,14 +33,14 @@
  * MAP_SHARED, so a fork() neither copies them nor breaks a pinned DMA mapping; the daemon
  * forks before it opens disks anyway.
  *
- * Allocation.  Buffers are whole 4 KiB pages.  Each arena has a bitmap of pages in use and,
- * at each buffer's first page, its length in pages; first fit from a rotating hint under
- * one mutex.  In front of that, every thread keeps a small cache of freed buffers (exact
- * page counts, up to TC_SLOTS buffers and tc_cap() bytes), so the steady state of a loop
- * that allocates and frees the same sizes takes no lock.  A thread's cache goes back to
- * the arenas when it exits.  A request the arenas cannot satisfy (too large, or they are
- * full) falls back to posix_memalign(): correct, only copied by drivers that need
- * device-visible memory.
+ * Allocation.  Buffers are whole 4 KiB pages.  Each arena has a page map (pagemap.h: a
+ * bitmap, first fit from a rotating hint; nothing ever waits on it) and, at each buffer's
+ * first page, its length in pages; one mutex covers all the maps.  In front of that, every
+ * thread keeps a small cache of freed buffers (exact page counts, up to TC_SLOTS buffers
+ * and tc_cap() bytes), so the steady state of a loop that allocates and frees the same
+ * sizes takes no lock.  A thread's cache goes back to the arenas when it exits.  A request
+ * the arenas cannot satisfy (too large, or they are full) falls back to posix_memalign():
+ * correct, only copied by drivers that need device-visible memory.
  *
  * Under AddressSanitizer, free and cached arena memory is poisoned, as is the unused tail
  * of the last page of a buffer, so use after free and overruns are still caught.
@@ -55,15 +56,13 @@ struct arena {
     uint8_t *base;
     size_t len;
     int fd;
-    size_t pages;
-    uint64_t *bitmap;       /* 1 = page in use (or cached by a thread); under lock */
+    struct bc_pagemap map;  /* pages in use (or cached by a thread); under pool.lock */
     uint32_t *npages;       /* at a buffer's first page: its pages; owner reads freely */
-    size_t hint;            /* under lock */
 };
 
 static struct {
     pthread_once_t once;
-    pthread_mutex_t lock;       /* protects the bitmaps, hints, in_use and peak */
+    pthread_mutex_t lock;       /* protects the arenas' page maps, in_use and peak */
     size_t total;               /* configured bytes; (size_t)-1 = not configured */
     bool created;               /* the set of arenas is fixed (set once, in create()) */
     unsigned n;
@@ -88,62 +87,6 @@ struct tcache {
 };
 static __thread struct tcache tc;
 
-/* ---- the page bitmap --------------------------------------------------------------- */
-
-/* First page >= i whose bit is want (0 or 1), or a->pages. */
-static size_t next_bit(const struct arena *a, size_t i, bool want)
-{
-    size_t words = (a->pages + 63) / 64;
-
-    if (i >= a->pages)
-        return a->pages;
-    size_t wi = i / 64;
-    uint64_t w = (want ? a->bitmap[wi] : ~a->bitmap[wi]) & (~0ull << (i % 64));
-    while (!w) {
-        if (++wi >= words)
-            return a->pages;
-        w = want ? a->bitmap[wi] : ~a->bitmap[wi];
-    }
-    return MIN(wi * 64 + (size_t)__builtin_ctzll(w), a->pages);
-}
-
-static void mark(struct arena *a, size_t first, size_t n, bool used)
-{
-    while (n) {
-        size_t bit = first % 64, k = MIN(n, 64 - bit);
-        uint64_t m = (k == 64 ? ~0ull : ((1ull << k) - 1)) << bit;
-        if (used)
-            a->bitmap[first / 64] |= m;
-        else
-            a->bitmap[first / 64] &= ~m;
-        first += k;
-        n -= k;
-    }
-}
-
-/* n free pages in a, first fit from the hint, wrapping once; lock held.  NULL if none. */
-static uint8_t *arena_take(struct arena *a, size_t n)
-{
-    for (int pass = 0; pass < 2; pass++) {
-        size_t i = pass ? 0 : a->hint;
-        size_t limit = pass ? MIN(a->hint + n, a->pages) : a->pages;
-        for (;;) {
-            i = next_bit(a, i, false);
-            if (i + n > limit)
-                break;
-            size_t used = next_bit(a, i, true);
-            if (used >= i + n) {
-                mark(a, i, n, true);
-                a->hint = i + n < a->pages ? i + n : 0;
-                a->npages[i] = (uint32_t)n;
-                return a->base + (size_t)i * PAGE;
-            }
-            i = used;
-        }
-    }
-    return NULL;
-}
-
 /* ---- creating the arenas ------------------------------------------------------------ */
 
 static void tc_flush(void *arg);
@@ -164,11 +107,11 @@ static bool make_arena(struct arena *a, size_t len)
     }
     a->base = p;
     a->len = len;
-    a->pages = len / PAGE;
-    a->bitmap = calloc((a->pages + 63) / 64, sizeof(uint64_t));
-    a->npages = calloc(a->pages, sizeof(uint32_t));
-    if (!a->bitmap || !a->npages) {
-        free(a->bitmap);
+    bool mapped = bc_pagemap_init(&a->map, len / PAGE);
+    a->npages = calloc(len / PAGE, sizeof(uint32_t));
+    if (!mapped || !a->npages) {
+        if (mapped)
+            bc_pagemap_destroy(&a->map);
         free(a->npages);
         munmap(p, len);
         close(a->fd);
@@ -213,7 +156,7 @@ static void create(void)
     for (unsigned i = 0; i < pool.n; i++) {
         pool.lo = MIN(pool.lo, (uintptr_t)pool.a[i].base);
         pool.hi = MAX(pool.hi, (uintptr_t)pool.a[i].base + pool.a[i].len);
-        pool.max_pages = MAX(pool.max_pages, pool.a[i].pages);
+        pool.max_pages = MAX(pool.max_pages, pool.a[i].map.pages);
     }
     __atomic_store_n(&pool.created, true, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&pool.lock);
@@ -280,9 +223,14 @@ static uint8_t *global_take(size_t pages)
     uint8_t *p = NULL;
 
     pthread_mutex_lock(&pool.lock);
-    for (unsigned i = 0; i < pool.n && !p; i++)
-        if (pages <= pool.a[i].pages)
-            p = arena_take(&pool.a[i], pages);
+    for (unsigned i = 0; i < pool.n && !p; i++) {
+        struct arena *a = &pool.a[i];
+        ssize_t first = bc_pagemap_take(&a->map, pages);
+        if (first >= 0) {
+            a->npages[first] = (uint32_t)pages;
+            p = a->base + (size_t)first * PAGE;
+        }
+    }
     if (p) {
         pool.in_use += pages * PAGE;
         pool.peak = MAX(pool.peak, pool.in_use);
@@ -297,9 +245,10 @@ static void global_give(uint8_t *const *ps, const uint32_t *pages, unsigned n)
     pthread_mutex_lock(&pool.lock);
     for (unsigned i = 0; i < n; i++) {
         struct arena *a = arena_of(ps[i]);
-        size_t first = (size_t)(ps[i] - a->base) / PAGE;
-        assert(pages[i] && first + pages[i] <= a->pages);
-        mark(a, first, pages[i], false);
+        struct bc_pagemap_wait *none =
+            bc_pagemap_put(&a->map, (size_t)(ps[i] - a->base) / PAGE, pages[i]);
+        assert(!none);
+        (void)none;
         pool.in_use -= (size_t)pages[i] * PAGE;
     }
     pthread_mutex_unlock(&pool.lock);
@@ -379,7 +328,7 @@ void bc_buf_free(void *buf)
     uint32_t pages = a->npages[first];
     size_t bytes = (size_t)pages * PAGE;
 
-    assert((size_t)(p - a->base) % PAGE == 0 && pages && first + pages <= a->pages);
+    assert((size_t)(p - a->base) % PAGE == 0 && pages && first + pages <= a->map.pages);
     POISON(p, bytes);
     if (bytes > tc_cap()) {
         global_give(&p, &pages, 1);

@@ -4,7 +4,8 @@
 # 512- and 4096-byte logical blocks: odd offsets and sizes from several loops and queues,
 # sector-sharing concurrent writes, flush, discard and write-zeroes, the image then compared
 # with the host's view byte for byte; I/O in blockcore's registered buffer arenas going to
-# the device without a copy; device errors, a read-only device, the back end dying.
+# the device without a copy; copied I/O beyond the bounce pool; device errors, a read-only
+# device, the back end dying.
 . "$(dirname "$0")/tap.sh"
 
 require_cmd qemu-storage-daemon cmp
@@ -67,6 +68,8 @@ for blk in 512 4096; do
     out=$(LAYERFS_BUF_POOL=0 "$VBLK" --mode zc --blk "$blk" "$SOCK" 2>&1)
     like "$out" "aligned I/O in arena memory was copied" \
         "block size $blk: without arenas the same I/O is copied, and the check says so"
+    ok "block size $blk: copied I/O beyond the bounce pool waits its turn and completes" \
+        "$VBLK" --mode pool --blk "$blk" --timeout 60 "$SOCK"
     stop_qsd
 done
 

@@ -21,7 +21,7 @@
 
 #include "drivers/drivers.h"
 #include "drivers/util.h"
-#include "drivers/virtio-blk/virtqueue.h"
+#include "drivers/virtio-blk/virtio-blk.h"
 
 /*
  * Notes on the design
@@ -44,7 +44,6 @@
  */
 
 #define VF_MAX_QUEUES 64
-#define VF_DEFAULT_QUEUES 16
 #define VF_PAGE 4096u
 #define VF_VIRTIO_VENDOR 0x1af4
 
@@ -73,6 +72,7 @@ struct vf_state {
     size_t mem_len;
     uint64_t iova;
     bool dma_mapped;
+    bool arena_space;       /* IOVA space for the arenas after the region */
     unsigned narenas;       /* arenas DMA-mapped, at arena_iova[] */
     struct bc_buf_region arenas[BC_BUF_MAX_REGIONS];
     uint64_t arena_iova[BC_BUF_MAX_REGIONS];
@@ -414,28 +414,81 @@ missing:
     return false;
 }
 
-static bool read_config(struct vf_state *s, struct bc_vblk_config *cfg)
+/* ---- the steps of bc_vblk_setup() -------------------------------------------------- */
+
+/* Write the features and have the device accept them. */
+static bool vf_set_features(void *t, uint64_t features, GError **errp)
 {
-    uint8_t raw[BC_VBLK_CONFIG_BYTES] = { 0 };
-    size_t n = MIN(sizeof(raw), s->devcfg.len);
+    struct vf_state *s = t;
+
+    COMMON_W(s, GFSELECT, 0, 4);
+    COMMON_W(s, GF, (uint32_t)features, 4);
+    COMMON_W(s, GFSELECT, 1, 4);
+    COMMON_W(s, GF, (uint32_t)(features >> 32), 4);
+    set_status(s, VIRTIO_CONFIG_S_FEATURES_OK);
+    if (!(COMMON_R(s, STATUS, 1) & VIRTIO_CONFIG_S_FEATURES_OK)) {
+        g_set_error(errp, BC_ERROR, ENOTSUP, "%s: the device refused features %#llx", s->what,
+                    (unsigned long long)features);
+        return false;
+    }
+    return true;
+}
+
+/* A consistent snapshot of config space (the generation unchanged across the read). */
+static bool vf_read_config(void *t, uint8_t *raw, GError **errp)
+{
+    struct vf_state *s = t;
+    size_t n = MIN((size_t)BC_VBLK_CONFIG_BYTES, s->devcfg.len);
 
     for (int tries = 0; tries < 100; tries++) {
         uint32_t gen = COMMON_R(s, CFGGENERATION, 1);
         for (size_t i = 0; i < n; i++)
             raw[i] = (uint8_t)cap_read(s, &s->devcfg, i, 1);
-        if (COMMON_R(s, CFGGENERATION, 1) == gen) {
-            bc_vblk_config_parse(raw, sizeof(raw), cfg);
+        if (COMMON_R(s, CFGGENERATION, 1) == gen)
             return true;
-        }
     }
+    g_set_error(errp, BC_ERROR, EIO, "%s: the device config keeps changing", s->what);
     return false;
 }
 
-/* DMA-map the I/O buffer arenas after the region (IOVAs picked for both together, else
- * none); those the kernel refuses are left out, with a message for -v. */
-static void map_arenas(struct vf_state *s, const struct bc_buf_region *arenas, unsigned n)
+/* One MSI-X vector per queue plus the config vector. */
+static bool vf_limit_queues(void *t, int64_t want, unsigned *queues, GError **errp)
 {
+    struct vf_state *s = t;
+    struct vfio_irq_info ii = { .argsz = sizeof(ii), .index = VFIO_PCI_MSIX_IRQ_INDEX };
+
+    if (ioctl(s->device, VFIO_DEVICE_GET_IRQ_INFO, &ii) < 0 || ii.count < 2) {
+        g_set_error(errp, BC_ERROR, ENOTSUP, "%s: the device has no usable MSI-X", s->what);
+        return false;
+    }
+    *queues = MIN(*queues, ii.count - 1);
+    if (want > (int64_t)*queues) {
+        g_set_error(errp, BC_ERROR, EINVAL, "%s: num-queues %lld: the device has MSI-X "
+                    "vectors for only %u", s->what, (long long)want, *queues);
+        return false;
+    }
+    return true;
+}
+
+static unsigned vf_queue_max(void *t, unsigned qi)
+{
+    struct vf_state *s = t;
+
+    COMMON_W(s, Q_SELECT, qi, 2);
+    return COMMON_R(s, Q_SIZE, 2);
+}
+
+/* DMA-map the I/O buffer arenas after the region (if vf_alloc() found IOVA space for both
+ * together); those the kernel refuses are left out, with a message for -v. */
+static bool vf_attach(void *t, struct bc_vblk *b, uint64_t features, GError **errp)
+{
+    struct vf_state *s = t;
+    struct bc_buf_region arenas[BC_BUF_MAX_REGIONS];
+    unsigned n = s->arena_space ? bc_buf_regions(arenas, BC_BUF_MAX_REGIONS) : 0;
     uint64_t iova = s->iova + s->mem_len;
+
+    (void)features;
+    (void)errp;
 
     for (unsigned i = 0; i < n; i++) {
         struct vfio_iommu_type1_dma_map dm = {
@@ -449,14 +502,15 @@ static void map_arenas(struct vf_state *s, const struct bc_buf_region *arenas, u
             g_debug("%s: the IOMMU refused to map I/O buffer arena %u (%zu bytes): %s; data "
                     "outside the mapped ones is copied", s->what, i, arenas[i].len,
                     g_strerror(errno));
-            return;
+            return true;
         }
         s->arenas[s->narenas] = arenas[i];
         s->arena_iova[s->narenas++] = iova;
-        bc_vblk_add_mem(s->blk, &(struct bc_vmem){ .base = arenas[i].base,
-                                                   .len = arenas[i].len, .dev_base = iova });
+        bc_vblk_add_mem(b, &(struct bc_vmem){ .base = arenas[i].base, .len = arenas[i].len,
+                                              .dev_base = iova });
         iova += arenas[i].len;
     }
+    return true;
 }
 
 static bool setup_irqs(struct vf_state *s, GError **errp)
@@ -488,11 +542,11 @@ static bool setup_irqs(struct vf_state *s, GError **errp)
     return true;
 }
 
-static bool setup_queue(struct vf_state *s, unsigned i, unsigned size, GError **errp)
+static bool vf_set_queue(void *t, unsigned i, unsigned size, uint64_t desc, uint64_t avail,
+                         uint64_t used, GError **errp)
 {
-    uint64_t desc, avail, used;
+    struct vf_state *s = t;
 
-    bc_vblk_ring_addrs(s->blk, i, &desc, &avail, &used);
     COMMON_W(s, Q_SELECT, i, 2);
     COMMON_W(s, Q_SIZE, size, 2);
     COMMON_W(s, Q_MSIX, i + 1, 2);
@@ -517,13 +571,85 @@ static bool setup_queue(struct vf_state *s, unsigned i, unsigned size, GError **
     return true;
 }
 
+/* Device memory (anonymous, kept out of children, pinned and mapped for DMA, with IOVA
+ * space for the arenas after it if there is some), the eventfds and MSI-X wired to them. */
+static bool vf_alloc(void *t, unsigned nq, size_t len, struct bc_vmem *mem, GError **errp)
+{
+    struct vf_state *s = t;
+
+    s->nq = nq;
+    s->mem_len = (len + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+    s->mem = mmap(NULL, s->mem_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (s->mem == MAP_FAILED) {
+        s->mem = NULL;
+        g_set_error(errp, BC_ERROR, errno, "%s: mmap: %s", s->what, g_strerror(errno));
+        return false;
+    }
+    madvise(s->mem, s->mem_len, MADV_DONTFORK);
+    /* IOVA space for the region and the arenas together, else for the region alone. */
+    struct bc_buf_region arenas[BC_BUF_MAX_REGIONS];
+    unsigned narenas = bc_buf_regions(arenas, BC_BUF_MAX_REGIONS);
+    size_t all = s->mem_len;
+    for (unsigned i = 0; i < narenas; i++)
+        all += arenas[i].len;
+    s->arena_space = narenas && pick_iova(s, all, NULL);
+    if (!s->arena_space && !pick_iova(s, s->mem_len, errp))
+        return false;
+    struct vfio_iommu_type1_dma_map dm = {
+        .argsz = sizeof(dm),
+        .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+        .vaddr = (uintptr_t)s->mem,
+        .iova = s->iova,
+        .size = s->mem_len,
+    };
+    if (ioctl(s->container, VFIO_IOMMU_MAP_DMA, &dm) < 0) {
+        int e = errno;
+        struct rlimit rl = { 0 };
+        getrlimit(RLIMIT_MEMLOCK, &rl);
+        g_set_error(errp, BC_ERROR, e,
+                    "%s: the IOMMU refused to map %zu bytes: %s (RLIMIT_MEMLOCK is %llu; "
+                    "raise it with ulimit -l or run with CAP_IPC_LOCK)", s->what, s->mem_len,
+                    g_strerror(e), (unsigned long long)rl.rlim_cur);
+        return false;
+    }
+    s->dma_mapped = true;
+    *mem = (struct bc_vmem){ .base = s->mem, .len = s->mem_len, .dev_base = s->iova };
+
+    s->cfg_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    for (unsigned i = 0; i < s->nq; i++)
+        s->call_fd[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    for (unsigned i = 0; i < s->nq; i++)
+        if (s->call_fd[i] < 0 || s->cfg_fd < 0) {
+            g_set_error(errp, BC_ERROR, errno, "%s: eventfd: %s", s->what, g_strerror(errno));
+            return false;
+        }
+    if (!setup_irqs(s, errp))
+        return false;
+    COMMON_W(s, MSIX, 0, 2);
+    if (COMMON_R(s, MSIX, 2) != 0) {
+        g_set_error(errp, BC_ERROR, EIO, "%s: the device refused its config vector", s->what);
+        return false;
+    }
+    s->ops.death_fd = s->cfg_fd;
+    return true;
+}
+
+static const struct bc_vblk_setup_ops vf_setup_ops = {
+    .set_features = vf_set_features,
+    .read_config = vf_read_config,
+    .limit_queues = vf_limit_queues,
+    .queue_max = vf_queue_max,
+    .alloc = vf_alloc,
+    .attach = vf_attach,
+    .set_queue = vf_set_queue,
+};
+
 static void *vf_open(const struct bc_open_args *args, struct bc_props *props, GError **errp)
 {
     struct vf_state *s = g_new0(struct vf_state, 1);
     uint32_t queue_size;
     int64_t want_queues;
-    struct bc_vblk_config cfg;
-    uint64_t dev_features, features;
+    uint64_t dev_features;
     int group_id;
 
     s->container = s->group = s->device = s->cfg_fd = -1;
@@ -587,140 +713,22 @@ static void *vf_open(const struct bc_open_args *args, struct bc_props *props, GE
                     s->what);
         goto fail;
     }
-    features = dev_features & (BC_VBLK_WANTED_FEATURES | (1ull << VIRTIO_F_ACCESS_PLATFORM));
-    COMMON_W(s, GFSELECT, 0, 4);
-    COMMON_W(s, GF, (uint32_t)features, 4);
-    COMMON_W(s, GFSELECT, 1, 4);
-    COMMON_W(s, GF, (uint32_t)(features >> 32), 4);
-    set_status(s, VIRTIO_CONFIG_S_FEATURES_OK);
-    if (!(COMMON_R(s, STATUS, 1) & VIRTIO_CONFIG_S_FEATURES_OK)) {
-        g_set_error(errp, BC_ERROR, ENOTSUP, "%s: the device refused features %#llx", s->what,
-                    (unsigned long long)features);
-        goto fail;
-    }
-    if (!read_config(s, &cfg)) {
-        g_set_error(errp, BC_ERROR, EIO, "%s: the device config keeps changing", s->what);
-        goto fail;
-    }
 
-    unsigned dev_queues = COMMON_R(s, NUMQ, 2);
-    if (features & (1ull << VIRTIO_BLK_F_MQ))
-        dev_queues = MIN(dev_queues, MAX(cfg.num_queues, 1u));
-    else
-        dev_queues = MIN(dev_queues, 1u);
-    if (dev_queues == 0 || want_queues > (int64_t)dev_queues) {
-        g_set_error(errp, BC_ERROR, EINVAL, "%s: num-queues %lld: the device has only %u",
-                    s->what, (long long)want_queues, dev_queues);
-        goto fail;
-    }
-    /* One MSI-X vector per queue plus the config vector. */
-    struct vfio_irq_info ii = { .argsz = sizeof(ii), .index = VFIO_PCI_MSIX_IRQ_INDEX };
-    if (ioctl(s->device, VFIO_DEVICE_GET_IRQ_INFO, &ii) < 0 || ii.count < 2) {
-        g_set_error(errp, BC_ERROR, ENOTSUP, "%s: the device has no usable MSI-X", s->what);
-        goto fail;
-    }
-    dev_queues = MIN(dev_queues, ii.count - 1);
-    if (want_queues > (int64_t)dev_queues) {
-        g_set_error(errp, BC_ERROR, EINVAL, "%s: num-queues %lld: the device has MSI-X "
-                    "vectors for only %u", s->what, (long long)want_queues, dev_queues);
-        goto fail;
-    }
-    s->nq = want_queues ? (unsigned)want_queues : MIN(dev_queues, VF_DEFAULT_QUEUES);
-    for (unsigned i = 0; i < s->nq; i++) {
-        COMMON_W(s, Q_SELECT, i, 2);
-        unsigned max = COMMON_R(s, Q_SIZE, 2);
-        while (max && queue_size > max)
-            queue_size /= 2;
-    }
-    if (queue_size < 4) {
-        g_set_error(errp, BC_ERROR, EINVAL, "%s: queues too small", s->what);
-        goto fail;
-    }
-    if ((features & (1ull << VIRTIO_BLK_F_RO)) && !args->read_only) {
-        g_set_error(errp, BC_ERROR, EROFS, "%s: the device is read-only; open it read-only",
-                    s->what);
-        goto fail;
-    }
-    if (!bc_vblk_props(s->what, features, &cfg, queue_size, props, errp))
-        goto fail;
-    props->read_only = props->read_only || args->read_only;
-
-    /* Device memory: anonymous, kept out of children, pinned and mapped for DMA. */
-    s->mem_len = (bc_vblk_mem_bytes(s->nq, queue_size, props) + (2u << 20) - 1) &
-                 ~(size_t)((2u << 20) - 1);
-    s->mem = mmap(NULL, s->mem_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (s->mem == MAP_FAILED) {
-        s->mem = NULL;
-        g_set_error(errp, BC_ERROR, errno, "%s: mmap: %s", s->what, g_strerror(errno));
-        goto fail;
-    }
-    madvise(s->mem, s->mem_len, MADV_DONTFORK);
-    /* IOVA space for the region and the arenas together, else for the region alone. */
-    struct bc_buf_region arenas[BC_BUF_MAX_REGIONS];
-    unsigned narenas = bc_buf_regions(arenas, BC_BUF_MAX_REGIONS);
-    size_t all = s->mem_len;
-    for (unsigned i = 0; i < narenas; i++)
-        all += arenas[i].len;
-    if (narenas && !pick_iova(s, all, NULL))
-        narenas = 0;
-    if (!narenas && !pick_iova(s, s->mem_len, errp))
-        goto fail;
-    struct vfio_iommu_type1_dma_map dm = {
-        .argsz = sizeof(dm),
-        .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
-        .vaddr = (uintptr_t)s->mem,
-        .iova = s->iova,
-        .size = s->mem_len,
-    };
-    if (ioctl(s->container, VFIO_IOMMU_MAP_DMA, &dm) < 0) {
-        int e = errno;
-        struct rlimit rl = { 0 };
-        getrlimit(RLIMIT_MEMLOCK, &rl);
-        g_set_error(errp, BC_ERROR, e,
-                    "%s: the IOMMU refused to map %zu bytes: %s (RLIMIT_MEMLOCK is %llu; "
-                    "raise it with ulimit -l or run with CAP_IPC_LOCK)", s->what, s->mem_len,
-                    g_strerror(e), (unsigned long long)rl.rlim_cur);
-        goto fail;
-    }
-    s->dma_mapped = true;
-
-    s->cfg_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    for (unsigned i = 0; i < s->nq; i++)
-        s->call_fd[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    for (unsigned i = 0; i < s->nq; i++)
-        if (s->call_fd[i] < 0 || s->cfg_fd < 0) {
-            g_set_error(errp, BC_ERROR, errno, "%s: eventfd: %s", s->what, g_strerror(errno));
-            goto fail;
-        }
-    if (!setup_irqs(s, errp))
-        goto fail;
-    COMMON_W(s, MSIX, 0, 2);
-    if (COMMON_R(s, MSIX, 2) != 0) {
-        g_set_error(errp, BC_ERROR, EIO, "%s: the device refused its config vector", s->what);
-        goto fail;
-    }
-
-    s->ops = (struct bc_vblk_transport){ .kick = vf_kick, .death_fd = s->cfg_fd,
+    s->ops = (struct bc_vblk_transport){ .kick = vf_kick, .death_fd = -1,
                                          .alive = vf_alive };
-    struct bc_vblk_args ba = {
+    struct bc_vblk_setup vs = {
         .what = s->what,
-        .features = features,
-        .cfg = &cfg,
-        .num_queues = s->nq,
+        .dev_features = dev_features,
+        .extra_features = 1ull << VIRTIO_F_ACCESS_PLATFORM,
+        .dev_queues = COMMON_R(s, NUMQ, 2),
+        .want_queues = want_queues,
         .queue_size = queue_size,
-        .mem = { .base = s->mem, .len = s->mem_len, .dev_base = s->iova },
+        .read_only = args->read_only,
         .call_fds = s->call_fd,
-        .read_only = props->read_only,
-        .ops = &s->ops,
-        .t = s,
+        .io = &s->ops,      /* death_fd: the config interrupt, once vf_alloc() has it */
     };
-    s->blk = bc_vblk_new(&ba, props, errp);
-    if (!s->blk)
+    if (!bc_vblk_setup(&vs, &vf_setup_ops, s, props, &s->blk, errp))
         goto fail;
-    map_arenas(s, arenas, narenas);
-    for (unsigned i = 0; i < s->nq; i++)
-        if (!setup_queue(s, i, queue_size, errp))
-            goto fail;
     set_status(s, VIRTIO_CONFIG_S_DRIVER_OK);
     if (COMMON_R(s, STATUS, 1) & VIRTIO_CONFIG_S_NEEDS_RESET) {
         g_set_error(errp, BC_ERROR, EIO, "%s: the device failed at start", s->what);
@@ -728,7 +736,7 @@ static void *vf_open(const struct bc_open_args *args, struct bc_props *props, GE
     }
     g_debug("%s: features %#" G_GINT64_MODIFIER "x, %u queues of %u, block size %u, "
             "IOVA %#" G_GINT64_MODIFIER "x, %u I/O buffer arenas mapped, BARs %s", s->what,
-            features, s->nq, queue_size, props->req_align, s->iova, s->narenas,
+            vs.features, s->nq, vs.queue_size, props->req_align, s->iova, s->narenas,
             s->bar[s->common.bar].map ? "mapped" : "via pread");
     return s;
 

@@ -16,7 +16,7 @@
 
 #include "drivers/drivers.h"
 #include "drivers/util.h"
-#include "drivers/virtio-blk/virtqueue.h"
+#include "drivers/virtio-blk/virtio-blk.h"
 
 /*
  * Notes on the design
@@ -66,7 +66,6 @@ enum {
 #define VU_TIMEOUT_S 10
 #define VU_MAX_QUEUES 64
 #define VU_MAX_REGIONS 8    /* VHOST_MEMORY_BASELINE_NREGIONS */
-#define VU_DEFAULT_QUEUES 16
 
 struct vu_mem_region {
     uint64_t guest_phys_addr;
@@ -107,6 +106,7 @@ struct vu_state {
     void *mem;
     size_t mem_len;
     unsigned nq;
+    unsigned narenas;       /* I/O buffer arenas in the memory table */
     int kick_fd[VU_MAX_QUEUES];
     int call_fd[VU_MAX_QUEUES];
     struct bc_vblk_transport ops;
@@ -331,14 +331,122 @@ static bool vu_connect(struct vu_state *s, const char *path, GError **errp)
     return true;
 }
 
+/* ---- the steps of bc_vblk_setup() -------------------------------------------------- */
+
+static bool vu_read_config(void *t, uint8_t *raw, GError **errp)
+{
+    struct vu_state *s = t;
+    struct vu_msg m;
+
+    memset(&m.payload.config, 0, sizeof(m.payload.config));
+    m.payload.config.size = BC_VBLK_CONFIG_BYTES;
+    if (!vu_send(s, VU_GET_CONFIG, 0, &m.payload.config, 12 + BC_VBLK_CONFIG_BYTES, NULL, 0,
+                 errp) ||
+        !vu_recv(s, VU_GET_CONFIG, &m, errp))
+        return false;
+    if (m.size != 12 + BC_VBLK_CONFIG_BYTES || m.payload.config.size != BC_VBLK_CONFIG_BYTES) {
+        g_set_error(errp, BC_ERROR, EPROTO, "%s: the back end refused to report its "
+                    "configuration (reply size %u, config size %u)", s->what, m.size,
+                    m.payload.config.size);
+        return false;
+    }
+    memcpy(raw, m.payload.config.region, BC_VBLK_CONFIG_BYTES);
+    return true;
+}
+
+/* Shared memory (rings, request headers and the bounce pool), and the eventfds. */
+static bool vu_alloc(void *t, unsigned nq, size_t len, struct bc_vmem *mem, GError **errp)
+{
+    struct vu_state *s = t;
+
+    s->nq = nq;
+    s->mem_len = len;
+    s->memfd = memfd_create("layerfs-virtio-blk", MFD_CLOEXEC);
+    if (s->memfd < 0 || ftruncate(s->memfd, (off_t)s->mem_len) < 0) {
+        g_set_error(errp, BC_ERROR, errno, "%s: shared memory: %s", s->what, g_strerror(errno));
+        return false;
+    }
+    s->mem = mmap(NULL, s->mem_len, PROT_READ | PROT_WRITE, MAP_SHARED, s->memfd, 0);
+    if (s->mem == MAP_FAILED) {
+        s->mem = NULL;
+        g_set_error(errp, BC_ERROR, errno, "%s: mmap of shared memory: %s", s->what,
+                    g_strerror(errno));
+        return false;
+    }
+    for (unsigned i = 0; i < s->nq; i++) {
+        s->kick_fd[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        s->call_fd[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (s->kick_fd[i] < 0 || s->call_fd[i] < 0) {
+            g_set_error(errp, BC_ERROR, errno, "%s: eventfd: %s", s->what, g_strerror(errno));
+            return false;
+        }
+    }
+    *mem = (struct bc_vmem){ .base = s->mem, .len = s->mem_len,
+                             .dev_base = (uintptr_t)s->mem };
+    return true;
+}
+
+/* Hand the back end the features and the memory, with the I/O buffer arenas if it takes
+ * them. */
+static bool vu_attach(void *t, struct bc_vblk *b, uint64_t features, GError **errp)
+{
+    struct vu_state *s = t;
+    struct bc_buf_region arenas[BC_BUF_MAX_REGIONS];
+    unsigned narenas = bc_buf_regions(arenas, MIN(BC_BUF_MAX_REGIONS, VU_MAX_REGIONS - 1));
+
+    if (!vu_set_u64(s, VU_SET_FEATURES, features, NULL, 0, errp))
+        return false;
+    if (narenas) {
+        GError *e = NULL;
+        if (!vu_set_mem_table(s, arenas, narenas, &e)) {
+            /* A refusal (REPLY_ACK) leaves the connection usable: go on without them. */
+            bool refused = e->code == EIO && s->reply_ack;
+            g_debug("%s: %s", s->what, e->message);
+            if (!refused) {
+                g_propagate_error(errp, e);
+                return false;
+            }
+            g_error_free(e);
+            narenas = 0;
+        }
+    }
+    if (!narenas && !vu_set_mem_table(s, NULL, 0, errp))
+        return false;
+    for (unsigned i = 0; i < narenas; i++)
+        bc_vblk_add_mem(b, &(struct bc_vmem){ .base = arenas[i].base, .len = arenas[i].len,
+                                              .dev_base = (uintptr_t)arenas[i].base });
+    s->narenas = narenas;
+    return true;
+}
+
+static bool vu_set_queue(void *t, unsigned i, unsigned size, uint64_t desc, uint64_t avail,
+                         uint64_t used, GError **errp)
+{
+    struct vu_state *s = t;
+    struct vhost_vring_addr a = { .index = i, .desc_user_addr = desc,
+                                  .used_user_addr = used, .avail_user_addr = avail };
+
+    return vu_set_state(s, VU_SET_VRING_NUM, i, size, errp) &&
+           vu_set_state(s, VU_SET_VRING_BASE, i, 0, errp) &&
+           vu_set(s, VU_SET_VRING_ADDR, &a, sizeof(a), NULL, 0, errp) &&
+           vu_set_u64(s, VU_SET_VRING_CALL, i, &s->call_fd[i], 1, errp) &&
+           vu_set_u64(s, VU_SET_VRING_KICK, i, &s->kick_fd[i], 1, errp) &&
+           vu_set_state(s, VU_SET_VRING_ENABLE, i, 1, errp);
+}
+
+static const struct bc_vblk_setup_ops vu_setup_ops = {
+    .read_config = vu_read_config,
+    .alloc = vu_alloc,
+    .attach = vu_attach,
+    .set_queue = vu_set_queue,
+};
+
 static void *vu_open(const struct bc_open_args *args, struct bc_props *props, GError **errp)
 {
     struct vu_state *s = g_new0(struct vu_state, 1);
-    uint64_t dev_features, pfeatures, features, maxq = 1;
+    uint64_t dev_features, pfeatures, maxq = 1;
     uint32_t queue_size;
     int64_t want_queues;
-    struct bc_vblk_config cfg;
-    struct vu_msg m;
 
     s->sock = s->memfd = -1;
     for (unsigned i = 0; i < VU_MAX_QUEUES; i++)
@@ -384,125 +492,28 @@ static void *vu_open(const struct bc_open_args *args, struct bc_props *props, GE
         !vu_get_u64(s, VU_GET_QUEUE_NUM, &maxq, errp))
         goto fail;
 
-    /* The virtio-blk configuration. */
-    memset(&m.payload.config, 0, sizeof(m.payload.config));
-    m.payload.config.size = BC_VBLK_CONFIG_BYTES;
-    if (!vu_send(s, VU_GET_CONFIG, 0, &m.payload.config, 12 + BC_VBLK_CONFIG_BYTES, NULL, 0,
-                 errp) ||
-        !vu_recv(s, VU_GET_CONFIG, &m, errp))
-        goto fail;
-    if (m.size != 12 + BC_VBLK_CONFIG_BYTES || m.payload.config.size != BC_VBLK_CONFIG_BYTES) {
-        g_set_error(errp, BC_ERROR, EPROTO, "%s: the back end refused to report its "
-                    "configuration (reply size %u, config size %u)", s->what, m.size,
-                    m.payload.config.size);
-        goto fail;
-    }
-    bc_vblk_config_parse(m.payload.config.region, BC_VBLK_CONFIG_BYTES, &cfg);
-
-    features = dev_features & (BC_VBLK_WANTED_FEATURES | (1ull << VU_F_PROTOCOL_FEATURES));
-    unsigned dev_queues = features & (1ull << VIRTIO_BLK_F_MQ) ? MAX(cfg.num_queues, 1) : 1;
-    dev_queues = MIN(dev_queues, MAX(maxq, 1));
-    if (want_queues > (int64_t)dev_queues) {
-        g_set_error(errp, BC_ERROR, EINVAL, "%s: num-queues %lld: the device has only %u",
-                    s->what, (long long)want_queues, dev_queues);
-        goto fail;
-    }
-    s->nq = want_queues ? (unsigned)want_queues : MIN(dev_queues, VU_DEFAULT_QUEUES);
-
-    if ((features & (1ull << VIRTIO_BLK_F_RO)) && !args->read_only) {
-        g_set_error(errp, BC_ERROR, EROFS, "%s: the device is read-only; open it read-only",
-                    s->what);
-        goto fail;
-    }
-    if (!bc_vblk_props(s->what, features, &cfg, queue_size, props, errp))
-        goto fail;
-    props->read_only = props->read_only || args->read_only;
-
-    /* Shared memory: rings, request headers and the bounce pool. */
-    s->mem_len = bc_vblk_mem_bytes(s->nq, queue_size, props);
-    s->memfd = memfd_create("layerfs-virtio-blk", MFD_CLOEXEC);
-    if (s->memfd < 0 || ftruncate(s->memfd, (off_t)s->mem_len) < 0) {
-        g_set_error(errp, BC_ERROR, errno, "%s: shared memory: %s", s->what, g_strerror(errno));
-        goto fail;
-    }
-    s->mem = mmap(NULL, s->mem_len, PROT_READ | PROT_WRITE, MAP_SHARED, s->memfd, 0);
-    if (s->mem == MAP_FAILED) {
-        s->mem = NULL;
-        g_set_error(errp, BC_ERROR, errno, "%s: mmap of shared memory: %s", s->what,
-                    g_strerror(errno));
-        goto fail;
-    }
-    for (unsigned i = 0; i < s->nq; i++) {
-        s->kick_fd[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        s->call_fd[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (s->kick_fd[i] < 0 || s->call_fd[i] < 0) {
-            g_set_error(errp, BC_ERROR, errno, "%s: eventfd: %s", s->what, g_strerror(errno));
-            goto fail;
-        }
-    }
     s->ops = (struct bc_vblk_transport){ .kick = vu_kick, .death_fd = s->sock,
                                          .alive = vu_alive };
-    struct bc_vblk_args ba = {
+    struct bc_vblk_setup vs = {
         .what = s->what,
-        .features = features,
-        .cfg = &cfg,
-        .num_queues = s->nq,
+        .dev_features = dev_features,
+        .extra_features = 1ull << VU_F_PROTOCOL_FEATURES,
+        .dev_queues = (unsigned)MIN(MAX(maxq, 1), (uint64_t)UINT16_MAX), /* 16-bit field */
+        .want_queues = want_queues,
         .queue_size = queue_size,
-        .mem = { .base = s->mem, .len = s->mem_len, .dev_base = (uintptr_t)s->mem },
+        .read_only = args->read_only,
         .call_fds = s->call_fd,
-        .read_only = props->read_only,
-        .ops = &s->ops,
-        .t = s,
+        .io = &s->ops,
     };
-    s->blk = bc_vblk_new(&ba, props, errp);
-    if (!s->blk)
+    if (!bc_vblk_setup(&vs, &vu_setup_ops, s, props, &s->blk, errp))
         goto fail;
-
-    /* Hand the back end the features, the memory (with the I/O buffer arenas if it takes
-     * them) and the rings. */
-    struct bc_buf_region arenas[BC_BUF_MAX_REGIONS];
-    unsigned narenas = bc_buf_regions(arenas, MIN(BC_BUF_MAX_REGIONS, VU_MAX_REGIONS - 1));
-    if (!vu_set_u64(s, VU_SET_FEATURES, features, NULL, 0, errp))
-        goto fail;
-    if (narenas) {
-        GError *e = NULL;
-        if (!vu_set_mem_table(s, arenas, narenas, &e)) {
-            /* A refusal (REPLY_ACK) leaves the connection usable: go on without them. */
-            bool refused = e->code == EIO && s->reply_ack;
-            g_debug("%s: %s", s->what, e->message);
-            if (!refused) {
-                g_propagate_error(errp, e);
-                goto fail;
-            }
-            g_error_free(e);
-            narenas = 0;
-        }
-    }
-    if (!narenas && !vu_set_mem_table(s, NULL, 0, errp))
-        goto fail;
-    for (unsigned i = 0; i < narenas; i++)
-        bc_vblk_add_mem(s->blk, &(struct bc_vmem){ .base = arenas[i].base, .len = arenas[i].len,
-                                                   .dev_base = (uintptr_t)arenas[i].base });
-    for (unsigned i = 0; i < s->nq; i++) {
-        uint64_t desc, avail, used;
-        bc_vblk_ring_addrs(s->blk, i, &desc, &avail, &used);
-        struct vhost_vring_addr a = { .index = i, .desc_user_addr = desc,
-                                      .used_user_addr = used, .avail_user_addr = avail };
-        if (!vu_set_state(s, VU_SET_VRING_NUM, i, queue_size, errp) ||
-            !vu_set_state(s, VU_SET_VRING_BASE, i, 0, errp) ||
-            !vu_set(s, VU_SET_VRING_ADDR, &a, sizeof(a), NULL, 0, errp) ||
-            !vu_set_u64(s, VU_SET_VRING_CALL, i, &s->call_fd[i], 1, errp) ||
-            !vu_set_u64(s, VU_SET_VRING_KICK, i, &s->kick_fd[i], 1, errp) ||
-            !vu_set_state(s, VU_SET_VRING_ENABLE, i, 1, errp))
-            goto fail;
-    }
     /* Without REPLY_ACK, a round trip proves the back end took all of the above. */
     if (!s->reply_ack && !vu_get_u64(s, VU_GET_FEATURES, &dev_features, errp))
         goto fail;
     g_debug("%s: features %#" G_GINT64_MODIFIER "x, protocol features %#" G_GINT64_MODIFIER
             "x, %u queues of %u, block size %u, max transfer %u, %u I/O buffer arenas",
-            s->what, features, pfeatures, s->nq, queue_size, props->req_align,
-            props->max_transfer, narenas);
+            s->what, vs.features, pfeatures, s->nq, vs.queue_size, props->req_align,
+            props->max_transfer, s->narenas);
     return s;
 
 fail:

@@ -4,7 +4,8 @@
 #ifndef LAYERFS_VIRTIO_BLK_INT_H
 #define LAYERFS_VIRTIO_BLK_INT_H
 
-#include "drivers/virtio-blk/virtqueue.h"
+#include "blockcore/pagemap.h"
+#include "drivers/virtio-blk/virtio-blk.h"
 
 #define POOL_PAGE 4096u            /* bounce pool granule */
 #define MAX_TRANSFER_CAP (1u << 20) /* largest request we report */
@@ -52,24 +53,24 @@ struct bc_vblk {
     uint64_t max_zeroes;        /* bytes per WRITE_ZEROES request */
     int dead;                   /* atomic: device gone, everything fails */
 
-    GMutex pool_lock;           /* protects bitmap, hint and the pool wait list */
-    uint8_t *pool;
-    size_t pool_pages;
-    uint64_t *bitmap;           /* 1 = page in use */
-    size_t hint;
-    struct bc_task *pool_head, **pool_tail; /* dreqs waiting for bounce memory, FIFO */
+    GMutex pool_lock;           /* protects pool_map: its bitmap and its waiters */
+    uint8_t *pool;              /* the bounce pool, POOL_PAGE pages */
+    struct bc_pagemap pool_map; /* waiters: vblk_rs.pool of dreqs waiting, FIFO */
 };
 
-enum { PH_IO, PH_FUA_FLUSH, PH_DWZ };
+enum { PH_IO, PH_DWZ };
 
 /* Per-request driver state, in dreq->drv_scratch. */
 struct vblk_rs {
     struct bc_vblk *b;
-    uint8_t *bounce;            /* NULL: the iovecs are in device memory */
-    uint64_t next;              /* discard/zeroes: next byte to issue */
-    uint32_t pages;             /* bounce pages */
+    union {
+        uint64_t next;                  /* discard/zeroes: next byte to issue */
+        struct bc_pagemap_wait pool;    /* read/write: bounce pages, or the wait for them */
+    };
     int16_t res;
     uint8_t phase;
+    bool bounced;               /* the data is in pool.first..: the iovecs are not in
+                                   device memory */
 };
 G_STATIC_ASSERT(sizeof(struct vblk_rs) <= sizeof(((struct bc_dreq *)0)->drv_scratch));
 
@@ -81,6 +82,18 @@ static inline struct vblk_rs *rs_of(struct bc_dreq *d)
 static inline struct bc_dreq *dreq_of_task(struct bc_task *t)
 {
     return bc_container_of(t, struct bc_dreq, task);
+}
+
+static inline struct bc_dreq *dreq_of_wait(struct bc_pagemap_wait *w)
+{
+    return bc_container_of(bc_container_of(w, struct vblk_rs, pool), struct bc_dreq,
+                           drv_scratch);
+}
+
+/* The bounce buffer of a request that has one. */
+static inline uint8_t *rs_bounce(const struct bc_vblk *b, const struct vblk_rs *rs)
+{
+    return b->pool + (size_t)rs->pool.first * POOL_PAGE;
 }
 
 static inline bool vblk_has(const struct bc_vblk *b, unsigned bit)

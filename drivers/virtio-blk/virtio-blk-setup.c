@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* The virtio-blk driver core's setup side: properties derived from the config space as
- * libblkio does, the layout of device memory, creating and freeing a core. */
+/* The virtio-blk driver core's setup side: the negotiation both transports share, properties
+ * derived from the config space as libblkio does, the layout of device memory, creating and
+ * freeing a core. */
 #include <assert.h>
 #include <errno.h>
 #include <string.h>
@@ -84,13 +85,14 @@ bool bc_vblk_props(const char *what, uint64_t features, const struct bc_vblk_con
     }
     if (features & (1ull << VIRTIO_BLK_F_WRITE_ZEROES))
         p->zero_align = blk;
-    p->fua_native = false;
+    p->fua_native = false;  /* blockcore emulates FUA with a flush; we never see the flag */
     p->read_only = features & (1ull << VIRTIO_BLK_F_RO);
     p->can_grow = false;
     return true;
 }
 
-size_t bc_vblk_pool_bytes(uint32_t max_transfer)
+/* The bounce pool size for a device with this max transfer. */
+static size_t pool_bytes(uint32_t max_transfer)
 {
     return MAX((size_t)16 << 20, (size_t)max_transfer * 8);
 }
@@ -101,23 +103,36 @@ static size_t slots_bytes(unsigned queue_size)
            POOL_PAGE;
 }
 
-size_t bc_vblk_mem_bytes(unsigned num_queues, unsigned queue_size, const struct bc_props *p)
+/* Bytes of device memory the core needs. */
+static size_t mem_bytes(unsigned num_queues, unsigned queue_size, const struct bc_props *p)
 {
     return num_queues * (bc_vq_ring_bytes(queue_size) + slots_bytes(queue_size)) +
-           bc_vblk_pool_bytes(p->max_transfer);
+           pool_bytes(p->max_transfer);
 }
 
-/* ---- setup ------------------------------------------------------------------------- */
+/* ---- creating the core ------------------------------------------------------------- */
 
-struct bc_vblk *bc_vblk_new(const struct bc_vblk_args *a, const struct bc_props *props,
-                            GError **errp)
+struct vblk_args {
+    const char *what;               /* for messages */
+    uint64_t features;              /* negotiated */
+    const struct bc_vblk_config *cfg;
+    unsigned num_queues, queue_size;
+    struct bc_vmem mem;             /* at least mem_bytes() */
+    const int *call_fds;            /* per queue, non-blocking eventfds */
+    const struct bc_vblk_transport *ops;
+    void *t;                        /* transport state for ops */
+};
+
+/* The core over initialised device memory. NULL with *errp on failure. */
+static struct bc_vblk *vblk_new(const struct vblk_args *a, const struct bc_props *props,
+                                GError **errp)
 {
     struct bc_vblk *b = g_new0(struct bc_vblk, 1);
     size_t qbytes = bc_vq_ring_bytes(a->queue_size) + slots_bytes(a->queue_size);
-    size_t pool_bytes = bc_vblk_pool_bytes(props->max_transfer);
+    size_t pool_len = pool_bytes(props->max_transfer);
     uint8_t *p = a->mem.base;
 
-    if (a->mem.len < bc_vblk_mem_bytes(a->num_queues, a->queue_size, props)) {
+    if (a->mem.len < mem_bytes(a->num_queues, a->queue_size, props)) {
         g_set_error(errp, BC_ERROR, EINVAL, "%s: device memory region too small", a->what);
         g_free(b);
         return NULL;
@@ -158,9 +173,8 @@ struct bc_vblk *bc_vblk_new(const struct bc_vblk_args *a, const struct bc_props 
     }
     g_mutex_init(&b->pool_lock);
     b->pool = p;
-    b->pool_pages = pool_bytes / POOL_PAGE;
-    b->bitmap = g_new0(uint64_t, (b->pool_pages + 63) / 64);
-    b->pool_tail = &b->pool_head;
+    if (!bc_pagemap_init(&b->pool_map, pool_len / POOL_PAGE))
+        g_error("%s: out of memory for the bounce pool's page map", a->what);
     return b;
 }
 
@@ -170,13 +184,85 @@ void bc_vblk_add_mem(struct bc_vblk *b, const struct bc_vmem *m)
     b->extra[b->nextra++] = *m;
 }
 
-void bc_vblk_ring_addrs(struct bc_vblk *b, unsigned qi, uint64_t *desc, uint64_t *avail,
-                        uint64_t *used)
+/* ---- negotiation ------------------------------------------------------------------- */
+
+bool bc_vblk_setup(struct bc_vblk_setup *s, const struct bc_vblk_setup_ops *ops, void *t,
+                   struct bc_props *props, struct bc_vblk **blkp, GError **errp)
 {
-    *desc = b->q[qi].vq.desc_addr;
-    *avail = b->q[qi].vq.avail_addr;
-    *used = b->q[qi].vq.used_addr;
+    uint8_t raw[BC_VBLK_CONFIG_BYTES] = { 0 };
+    struct bc_vmem mem;
+
+    /* Features, then the config, whose fields depend on them. */
+    s->features = s->dev_features & (BC_VBLK_WANTED_FEATURES | s->extra_features);
+    if (ops->set_features && !ops->set_features(t, s->features, errp))
+        return false;
+    if (!ops->read_config(t, raw, errp))
+        return false;
+    bc_vblk_config_parse(raw, sizeof(raw), &s->cfg);
+
+    /* Queues: as many as the device and the transport allow, up to BC_VBLK_DEFAULT_QUEUES
+     * unless num-queues says; each as large as queue-size or the largest the device takes. */
+    unsigned dev_queues = s->features & (1ull << VIRTIO_BLK_F_MQ) ? MAX(s->cfg.num_queues, 1u)
+                                                                  : 1;
+    dev_queues = MIN(dev_queues, s->dev_queues);
+    if (dev_queues == 0 || s->want_queues > (int64_t)dev_queues) {
+        g_set_error(errp, BC_ERROR, EINVAL, "%s: num-queues %lld: the device has only %u",
+                    s->what, (long long)s->want_queues, dev_queues);
+        return false;
+    }
+    if (ops->limit_queues && !ops->limit_queues(t, s->want_queues, &dev_queues, errp))
+        return false;
+    s->num_queues = s->want_queues ? (unsigned)s->want_queues
+                                   : MIN(dev_queues, BC_VBLK_DEFAULT_QUEUES);
+    for (unsigned i = 0; ops->queue_max && i < s->num_queues; i++) {
+        unsigned max = ops->queue_max(t, i);
+        while (max && s->queue_size > max)
+            s->queue_size /= 2;
+    }
+    if (s->queue_size < 4) {
+        g_set_error(errp, BC_ERROR, EINVAL, "%s: queues too small", s->what);
+        return false;
+    }
+
+    if ((s->features & (1ull << VIRTIO_BLK_F_RO)) && !s->read_only) {
+        g_set_error(errp, BC_ERROR, EROFS, "%s: the device is read-only; open it read-only",
+                    s->what);
+        return false;
+    }
+    if (!bc_vblk_props(s->what, s->features, &s->cfg, s->queue_size, props, errp))
+        return false;
+    props->read_only = props->read_only || s->read_only;
+
+    /* Memory and eventfds from the transport, then the core over them. */
+    if (!ops->alloc(t, s->num_queues, mem_bytes(s->num_queues, s->queue_size, props), &mem,
+                    errp))
+        return false;
+    struct vblk_args a = {
+        .what = s->what,
+        .features = s->features,
+        .cfg = &s->cfg,
+        .num_queues = s->num_queues,
+        .queue_size = s->queue_size,
+        .mem = mem,
+        .call_fds = s->call_fds,
+        .ops = s->io,
+        .t = t,
+    };
+    struct bc_vblk *b = *blkp = vblk_new(&a, props, errp);
+    if (!b)
+        return false;
+    if (ops->attach && !ops->attach(t, b, s->features, errp))
+        return false;
+    for (unsigned i = 0; i < b->nq; i++) {
+        const struct bc_vq *vq = &b->q[i].vq;
+        if (!ops->set_queue(t, i, s->queue_size, vq->desc_addr, vq->avail_addr, vq->used_addr,
+                            errp))
+            return false;
+    }
+    return true;
 }
+
+/* ---- teardown ---------------------------------------------------------------------- */
 
 static void orphan(struct vblk_watch *w)
 {
@@ -215,7 +301,7 @@ void bc_vblk_free(struct bc_vblk *b)
         g_mutex_clear(&q->lock);
     }
     g_mutex_clear(&b->pool_lock);
-    g_free(b->bitmap);
+    bc_pagemap_destroy(&b->pool_map);
     g_free(b->q);
     g_free(b->what);
     g_free(b);

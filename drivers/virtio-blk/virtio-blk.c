@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The virtio-blk driver core's I/O path, shared by the transports: the bounce pool,
- * per-loop queues, submission and completion, device death.  See virtqueue.h. */
+ * per-loop queues, submission and completion, device death.  See virtio-blk.h. */
 #include <assert.h>
 #include <errno.h>
 #include <string.h>
@@ -14,49 +14,6 @@
 
 /* ---- the bounce pool --------------------------------------------------------------- */
 
-static bool page_used(const struct bc_vblk *b, size_t i)
-{
-    return b->bitmap[i / 64] & (1ull << (i % 64));
-}
-
-static void mark_pages(struct bc_vblk *b, size_t first, size_t n, bool used)
-{
-    for (size_t i = first; i < first + n; i++) {
-        if (used)
-            b->bitmap[i / 64] |= 1ull << (i % 64);
-        else
-            b->bitmap[i / 64] &= ~(1ull << (i % 64));
-    }
-}
-
-/* First fit from the hint, wrapping once; caller holds pool_lock. */
-static uint8_t *pool_alloc_locked(struct bc_vblk *b, size_t n)
-{
-    size_t total = b->pool_pages;
-
-    assert(n && n <= total);
-    for (size_t pass = 0, start = b->hint; pass < 2; pass++, start = 0) {
-        size_t i = start, limit = pass ? b->hint + n : total;
-        limit = MIN(limit, total);
-        while (i + n <= limit) {
-            if (b->bitmap[i / 64] == UINT64_MAX && i % 64 == 0) {
-                i += 64;
-                continue;
-            }
-            size_t run = 0;
-            while (run < n && !page_used(b, i + run))
-                run++;
-            if (run == n) {
-                mark_pages(b, i, n, true);
-                b->hint = (i + n) % total;
-                return b->pool + i * POOL_PAGE;
-            }
-            i += run + 1;
-        }
-    }
-    return NULL;
-}
-
 static void issue(struct bc_vblk *b, struct bc_dreq *d);
 static void finish(struct bc_vblk *b, struct bc_dreq *d, int res);
 
@@ -69,7 +26,7 @@ static void pool_granted(struct bc_task *t)
     if (__atomic_load_n(&rs->b->dead, __ATOMIC_ACQUIRE))
         return finish(rs->b, d, -EIO);
     if (d->op == BC_OP_WRITE)
-        bc_iov_to_buf(d->iov, d->iovcnt, 0, rs->bounce, d->len);
+        bc_iov_to_buf(d->iov, d->iovcnt, 0, rs_bounce(rs->b, rs), d->len);
     issue(rs->b, d);
 }
 
@@ -77,52 +34,36 @@ static void pool_granted(struct bc_task *t)
 static bool pool_get(struct bc_vblk *b, struct bc_dreq *d)
 {
     struct vblk_rs *rs = rs_of(d);
-    bool dead;
+    bool dead, got = false;
 
-    rs->pages = (uint32_t)((d->len + POOL_PAGE - 1) / POOL_PAGE);
+    rs->bounced = true;
+    rs->pool.pages = (uint32_t)((d->len + POOL_PAGE - 1) / POOL_PAGE);
     g_mutex_lock(&b->pool_lock);
     dead = __atomic_load_n(&b->dead, __ATOMIC_ACQUIRE);
-    if (!dead && !b->pool_head)
-        rs->bounce = pool_alloc_locked(b, rs->pages);
-    if (!dead && !rs->bounce) {
-        d->task.fn = pool_granted;
-        d->task.next = NULL;
-        *b->pool_tail = &d->task;
-        b->pool_tail = &d->task.next;
-    }
+    if (!dead)
+        got = bc_pagemap_take_or_wait(&b->pool_map, &rs->pool);
     g_mutex_unlock(&b->pool_lock);
     if (dead) {
+        rs->bounced = false;
         finish(b, d, -EIO);
         return false;
     }
-    return rs->bounce != NULL;
+    return got;
 }
 
-/* Give pages back and hand them to the waiters, in order, while they fit. */
-static void pool_put(struct bc_vblk *b, uint8_t *p, uint32_t pages)
+/* Give d's pages back; the waiters they satisfy (in order) go on. */
+static void pool_put(struct bc_vblk *b, struct vblk_rs *rs)
 {
-    struct bc_task *granted = NULL, **gtail = &granted;
+    struct bc_pagemap_wait *granted;
 
     g_mutex_lock(&b->pool_lock);
-    mark_pages(b, (size_t)(p - b->pool) / POOL_PAGE, pages, false);
-    while (b->pool_head) {
-        struct bc_dreq *w = dreq_of_task(b->pool_head);
-        struct vblk_rs *wrs = rs_of(w);
-        wrs->bounce = pool_alloc_locked(b, wrs->pages);
-        if (!wrs->bounce)
-            break;
-        b->pool_head = w->task.next;
-        if (!b->pool_head)
-            b->pool_tail = &b->pool_head;
-        w->task.next = NULL;
-        *gtail = &w->task;
-        gtail = &w->task.next;
-    }
+    granted = bc_pagemap_put(&b->pool_map, rs->pool.first, rs->pool.pages);
     g_mutex_unlock(&b->pool_lock);
     while (granted) {
-        struct bc_task *t = granted;
-        granted = t->next;
-        bc_loop_wake(dreq_of_task(t)->loop, t);
+        struct bc_dreq *w = dreq_of_wait(granted);
+        granted = granted->next;
+        w->task.fn = pool_granted;
+        bc_loop_wake(w->loop, &w->task);
     }
 }
 
@@ -155,12 +96,11 @@ static void complete(struct bc_vblk *b, struct bc_dreq *d, int res, bool later)
 {
     struct vblk_rs *rs = rs_of(d);
 
-    if (rs->bounce) {
+    if (rs->bounced) {
         if (res == 0 && d->op == BC_OP_READ)
-            bc_iov_from_buf(d->iov, d->iovcnt, 0, rs->bounce, d->len);
-        uint8_t *p = rs->bounce;
-        rs->bounce = NULL;
-        pool_put(b, p, rs->pages);
+            bc_iov_from_buf(d->iov, d->iovcnt, 0, rs_bounce(b, rs), d->len);
+        rs->bounced = false;
+        pool_put(b, rs);
     }
     rs->res = (int16_t)res;
     if (!later && bc_loop_current() == d->loop) {
@@ -186,9 +126,6 @@ static int add_locked(struct bc_vblk *b, struct vblk_queue *q, struct bc_dreq *d
     struct bc_vbuf *segs = small;
     unsigned n = 0;
 
-    if (rs->phase == PH_FUA_FLUSH)
-        return bc_vblk_add(&q->vq, q->slots, q->slots_addr, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, 0,
-                           0, d);
     switch (d->op) {
     case BC_OP_FLUSH:
         return bc_vblk_add(&q->vq, q->slots, q->slots_addr, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, 0,
@@ -218,10 +155,10 @@ static int add_locked(struct bc_vblk *b, struct vblk_queue *q, struct bc_dreq *d
         cap = b->max_segs;
         segs = big = g_new(struct bc_vbuf, cap);
     }
-    if (rs->bounce) {
+    if (rs->bounced) {
         for (uint64_t off = 0; off < d->len; off += b->seg_len) {
             assert(n < cap);
-            segs[n++] = (struct bc_vbuf){ bc_vmem_addr(&b->mem, rs->bounce + off),
+            segs[n++] = (struct bc_vbuf){ bc_vmem_addr(&b->mem, rs_bounce(b, rs) + off),
                                           (uint32_t)MIN(b->seg_len, d->len - off) };
         }
     } else {
@@ -241,7 +178,7 @@ static int add_locked(struct bc_vblk *b, struct vblk_queue *q, struct bc_dreq *d
                         d->op == BC_OP_READ ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT,
                         d->offset / 512, segs, n, 0, 0, d);
     if (r == 0) {
-        if (rs->bounce) {
+        if (rs->bounced) {
             q->stats.copied_reqs++;
             q->stats.copied_bytes += d->len;
         } else {
@@ -331,6 +268,8 @@ void bc_vblk_submit(struct bc_vblk *b, struct bc_dreq *d)
 {
     struct vblk_rs *rs = rs_of(d);
 
+    /* props.fua_native is false, so blockcore emulates FUA with a flush of its own. */
+    assert(!(d->flags & BC_REQ_FUA));
     memset(rs, 0, sizeof(*rs));
     rs->b = b;
     if (bc_loop_current() != d->loop) {
@@ -354,7 +293,7 @@ void bc_vblk_submit(struct bc_vblk *b, struct bc_dreq *d)
             if (!pool_get(b, d))
                 return;     /* queued for memory (or failed) */
             if (d->op == BC_OP_WRITE)
-                bc_iov_to_buf(d->iov, d->iovcnt, 0, rs->bounce, d->len);
+                bc_iov_to_buf(d->iov, d->iovcnt, 0, rs_bounce(b, rs), d->len);
         }
         break;
     case BC_OP_FLUSH:
@@ -394,25 +333,12 @@ void bc_vblk_stats(struct bc_vblk *b, struct bc_drv_stats *st)
 /* ---- completion -------------------------------------------------------------------- */
 
 /* A virtio request of d finished with res: true if d is complete, false if its next virtio
- * request is wanted. */
-static bool step_done(struct bc_vblk *b, struct bc_dreq *d, int res)
+ * request is wanted (discard and write-zeroes go in chunks). */
+static bool step_done(struct bc_dreq *d, int res)
 {
     struct vblk_rs *rs = rs_of(d);
 
-    if (res < 0)
-        return true;
-    switch (rs->phase) {
-    case PH_IO:
-        if (d->op == BC_OP_WRITE && (d->flags & BC_REQ_FUA) && vblk_has(b, VIRTIO_BLK_F_FLUSH)) {
-            rs->phase = PH_FUA_FLUSH;
-            return false;
-        }
-        return true;
-    case PH_DWZ:
-        return rs->next >= d->offset + d->len;
-    default:
-        return true;
-    }
+    return res < 0 || rs->phase != PH_DWZ || rs->next >= d->offset + d->len;
 }
 
 /* Reap q's used ring, start waiting requests and kick.  Returns the finished requests
@@ -430,7 +356,7 @@ static struct bc_task *process_queue(struct bc_vblk *b, struct vblk_queue *q)
         while ((cookie = bc_vq_get_used(&q->vq, &head, &len))) {
             struct bc_dreq *d = cookie;
             int res = bc_vblk_status(q->slots, head);
-            if (!step_done(b, d, res) && !__atomic_load_n(&b->dead, __ATOMIC_ACQUIRE)) {
+            if (!step_done(d, res) && !__atomic_load_n(&b->dead, __ATOMIC_ACQUIRE)) {
                 if (!q->wait_head && add_locked(b, q, d) == 0)
                     continue;
                 /* Out of descriptors: go ahead of the waiters, it started first. */
@@ -557,13 +483,16 @@ void bc_vblk_kill(struct bc_vblk *b)
         g_mutex_unlock(&q->lock);
     }
     g_mutex_lock(&b->pool_lock);
-    if (b->pool_head) {
-        *tail = b->pool_head;
-        tail = b->pool_tail;
-        b->pool_head = NULL;
-        b->pool_tail = &b->pool_head;
-    }
+    struct bc_pagemap_wait *waiting = bc_pagemap_drain(&b->pool_map);
     g_mutex_unlock(&b->pool_lock);
+    while (waiting) {
+        struct bc_dreq *d = dreq_of_wait(waiting);
+        waiting = waiting->next;
+        rs_of(d)->bounced = false;     /* it never got any */
+        d->task.next = NULL;
+        *tail = &d->task;
+        tail = &d->task.next;
+    }
     while (list) {
         struct bc_task *t = list;
         list = t->next;

@@ -9,6 +9,8 @@
 #include <linux/virtio_blk.h>
 #include <linux/virtio_ring.h>
 
+#include "drivers/virtio-blk/virtio-blk.h"
+#include "drivers/virtio-blk/virtio-blk-req.h"
 #include "drivers/virtio-blk/virtqueue.h"
 
 /* The device side of one queue: reads avail, writes used, as a device would. */
