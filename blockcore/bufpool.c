@@ -62,7 +62,7 @@ struct arena {
 
 static struct {
     pthread_once_t once;
-    pthread_mutex_t lock;       /* protects the arenas' page maps, in_use and peak */
+    GMutex lock;                /* protects the arenas' page maps, in_use and peak */
     size_t total;               /* configured bytes; (size_t)-1 = not configured */
     bool created;               /* the set of arenas is fixed (set once, in create()) */
     unsigned n;
@@ -74,7 +74,6 @@ static struct {
     pthread_key_t tc_key;
 } pool = {
     .once = PTHREAD_ONCE_INIT,
-    .lock = PTHREAD_MUTEX_INITIALIZER,
     .total = (size_t)-1,
 };
 
@@ -125,7 +124,7 @@ static void create(void)
 {
     size_t total;
 
-    pthread_mutex_lock(&pool.lock);     /* against bc_buf_pool_set_size() */
+    g_mutex_lock(&pool.lock);     /* against bc_buf_pool_set_size() */
     total = pool.total;
     if (total == (size_t)-1) {
         const char *env = getenv("LAYERFS_BUF_POOL");
@@ -159,7 +158,7 @@ static void create(void)
         pool.max_pages = MAX(pool.max_pages, pool.a[i].map.pages);
     }
     __atomic_store_n(&pool.created, true, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&pool.lock);
+    g_mutex_unlock(&pool.lock);
 }
 
 static inline void ensure(void)
@@ -172,11 +171,11 @@ bool bc_buf_pool_set_size(size_t bytes)
 {
     bool ok;
 
-    pthread_mutex_lock(&pool.lock);
+    g_mutex_lock(&pool.lock);
     ok = !__atomic_load_n(&pool.created, __ATOMIC_ACQUIRE);
     if (ok)
         pool.total = bytes;
-    pthread_mutex_unlock(&pool.lock);
+    g_mutex_unlock(&pool.lock);
     return ok;
 }
 
@@ -195,12 +194,12 @@ void bc_buf_pool_stats(struct bc_buf_pool_stats *st)
 {
     ensure();
     memset(st, 0, sizeof(*st));
-    pthread_mutex_lock(&pool.lock);
+    g_mutex_lock(&pool.lock);
     for (unsigned i = 0; i < pool.n; i++)
         st->total += pool.a[i].len;
     st->in_use = pool.in_use;
     st->peak = pool.peak;
-    pthread_mutex_unlock(&pool.lock);
+    g_mutex_unlock(&pool.lock);
     st->fallbacks = __atomic_load_n(&pool.fallbacks, __ATOMIC_RELAXED);
 }
 
@@ -222,7 +221,7 @@ static uint8_t *global_take(size_t pages)
 {
     uint8_t *p = NULL;
 
-    pthread_mutex_lock(&pool.lock);
+    g_mutex_lock(&pool.lock);
     for (unsigned i = 0; i < pool.n && !p; i++) {
         struct arena *a = &pool.a[i];
         ssize_t first = bc_pagemap_take(&a->map, pages);
@@ -235,14 +234,14 @@ static uint8_t *global_take(size_t pages)
         pool.in_use += pages * PAGE;
         pool.peak = MAX(pool.peak, pool.in_use);
     }
-    pthread_mutex_unlock(&pool.lock);
+    g_mutex_unlock(&pool.lock);
     return p;
 }
 
 /* Give buffers back to their arenas; they are poisoned already. */
 static void global_give(uint8_t *const *ps, const uint32_t *pages, unsigned n)
 {
-    pthread_mutex_lock(&pool.lock);
+    g_mutex_lock(&pool.lock);
     for (unsigned i = 0; i < n; i++) {
         struct arena *a = arena_of(ps[i]);
         struct bc_pagemap_wait *none =
@@ -251,7 +250,7 @@ static void global_give(uint8_t *const *ps, const uint32_t *pages, unsigned n)
         (void)none;
         pool.in_use -= (size_t)pages[i] * PAGE;
     }
-    pthread_mutex_unlock(&pool.lock);
+    g_mutex_unlock(&pool.lock);
 }
 
 /* Bytes a thread may keep cached: a sixteenth of the arenas, at most TC_MAX_BYTES. */
