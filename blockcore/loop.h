@@ -51,7 +51,8 @@ void bc_loop_wake(struct bc_loop *loop, struct bc_task *task);
 /* Watch fd for POLLIN (multishot) and call uop->done(uop, revents, flags) on readiness. */
 void bc_loop_watch_fd(struct bc_loop *loop, struct bc_uop *uop, int fd);
 /* One iteration: submit, wait for an event if block and no task is queued, reap, then run
- * queued tasks; so a caller may loop "while (!done) bc_loop_run_once(loop, true)". 0/-errno. */
+ * queued tasks (so no callback of this iteration is missed by a caller's check after it);
+ * 0/-errno.  To wait for requests, use bc_loop_wait() or bc_sync rather than a loop of it. */
 int bc_loop_run_once(struct bc_loop *loop, bool block);
 /* Run loop until *pending is 0 (callbacks running on loop decrement it): 0, or -errno if
  * an iteration failed.  The one way to wait for requests synchronously. */
