@@ -36,6 +36,50 @@ static struct fo_options fo_opts;
 static struct lf_config *fo_cfg;
 static struct fo_daemon fo_daemon;
 
+enum {
+    OPT_DISK = 0x100,
+    OPT_DEMO,
+    OPT_PIDFILE,
+    OPT_READ_ONLY,
+    OPT_BOUNCE,
+    OPT_CACHE,
+    OPT_VERSION,
+};
+
+/* The options, in --help order: getopt's tables and --help are both made from this one,
+ * so --help lists every option the program accepts (t/3070 checks each is documented). */
+static const struct fo_opt {
+    const char *name;   /* the long name, or NULL */
+    int val;            /* the short letter, or an OPT_* above */
+    int has_arg;
+    const char *arg;    /* how --help shows the argument */
+    const char *help;   /* lines after the first are indented */
+} fo_opt_table[] = {
+    { "config", 'c', required_argument, " FILE",
+      "read disks and layers from FILE (see layerfs.conf(5))" },
+    { "disk", OPT_DISK, required_argument, " SPEC",
+      "define a disk inline: NAME=LAYER[:LAYER...], top first;\n"
+      "LAYER is PATH or KEY=VALUE[,KEY=VALUE...] (repeatable)" },
+    { "demo", OPT_DEMO, no_argument, "", "add a built-in 256M demo disk named 'demo' (in memory)" },
+    { "foreground", 'f', no_argument, "", "do not daemonize" },
+    { "pidfile", OPT_PIDFILE, required_argument, " FILE",
+      "write the daemon's pid to FILE once the mount serves" },
+    { NULL, 'o', required_argument, " OPTS",
+      "FUSE mount options, comma-separated (e.g. allow_other)" },
+    { "read-only", OPT_READ_ONLY, no_argument, "", "expose every disk read-only" },
+    { "threads", 't', required_argument, " N",
+      "number of I/O threads (default 2, at most " G_STRINGIFY(FO_MAX_THREADS) ")" },
+    { "bounce-budget", OPT_BOUNCE, required_argument, " SIZE",
+      "memory for bounce buffers, e.g. 64M (default 64M)" },
+    { "cache", OPT_CACHE, required_argument, "=MODE",
+      "direct (default: no kernel page cache) or page" },
+    { "verbose", 'v', no_argument, "", "log more (twice: also libfuse's request trace)" },
+    { "version", OPT_VERSION, no_argument, "", "print the version and exit" },
+    { "help", 'h', no_argument, "", "print this help and exit" },
+};
+
+#define FO_HELP_COLUMN 27
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -44,22 +88,22 @@ static void usage(FILE *f)
 "itself when it is a regular file and exactly one disk is configured.\n"
 "Unmount with: fusermount3 -u MOUNTPOINT (or send SIGTERM).\n"
 "\n"
-"Options:\n"
-"  -c, --config FILE        read disks and layers from FILE (see layerfs.conf(5))\n"
-"      --disk SPEC          define a disk inline: NAME=LAYER[:LAYER...], top first;\n"
-"                           LAYER is PATH or KEY=VALUE[,KEY=VALUE...] (repeatable)\n"
-"      --demo               add a built-in 256M demo disk named 'demo' (in memory)\n"
-"  -f, --foreground         do not daemonize\n"
-"      --pidfile FILE       write the daemon's pid to FILE once the mount serves\n"
-"  -o OPTS                  FUSE mount options, comma-separated (e.g. allow_other)\n"
-"      --read-only          expose every disk read-only\n"
-"  -t, --threads N          number of I/O threads (default 2, at most %d)\n"
-"      --bounce-budget SIZE memory for bounce buffers, e.g. 64M (default 64M)\n"
-"      --cache=MODE         direct (default: no kernel page cache) or page\n"
-"  -v, --verbose            log more (twice: also libfuse's request trace)\n"
-"      --version            print the version and exit\n"
-"  -h, --help               print this help and exit\n",
-            FO_MAX_THREADS);
+"Options:\n");
+    for (size_t i = 0; i < G_N_ELEMENTS(fo_opt_table); i++) {
+        const struct fo_opt *o = &fo_opt_table[i];
+        g_autofree char *left = NULL;
+        g_auto(GStrv) lines = g_strsplit(o->help, "\n", -1);
+
+        if (o->name == NULL)
+            left = g_strdup_printf("  -%c%s", o->val, o->arg);
+        else if (o->val < OPT_DISK)
+            left = g_strdup_printf("  -%c, --%s%s", o->val, o->name, o->arg);
+        else
+            left = g_strdup_printf("      --%s%s", o->name, o->arg);
+        fprintf(f, "%-*s %s\n", FO_HELP_COLUMN - 1, left, lines[0]);
+        for (int l = 1; lines[l] != NULL; l++)
+            fprintf(f, "%*s%s\n", FO_HELP_COLUMN, "", lines[l]);
+    }
 }
 
 G_NORETURN static void bad_usage(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
@@ -85,33 +129,20 @@ G_NORETURN static void die(int status, GError *err)
     fo_exit(status);
 }
 
-enum {
-    OPT_DISK = 0x100,
-    OPT_DEMO,
-    OPT_PIDFILE,
-    OPT_READ_ONLY,
-    OPT_BOUNCE,
-    OPT_CACHE,
-    OPT_VERSION,
-};
-
 static void parse_options(int argc, char **argv, struct fo_options *o)
 {
-    static const struct option longopts[] = {
-        { "config", required_argument, NULL, 'c' },
-        { "disk", required_argument, NULL, OPT_DISK },
-        { "demo", no_argument, NULL, OPT_DEMO },
-        { "foreground", no_argument, NULL, 'f' },
-        { "pidfile", required_argument, NULL, OPT_PIDFILE },
-        { "read-only", no_argument, NULL, OPT_READ_ONLY },
-        { "threads", required_argument, NULL, 't' },
-        { "bounce-budget", required_argument, NULL, OPT_BOUNCE },
-        { "cache", required_argument, NULL, OPT_CACHE },
-        { "verbose", no_argument, NULL, 'v' },
-        { "version", no_argument, NULL, OPT_VERSION },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
+    struct option longopts[G_N_ELEMENTS(fo_opt_table) + 1] = { { NULL, 0, NULL, 0 } };
+    GString *shortopts = g_string_new("+");
+    size_t nlong = 0;
+
+    for (size_t i = 0; i < G_N_ELEMENTS(fo_opt_table); i++) {
+        const struct fo_opt *t = &fo_opt_table[i];
+        if (t->name != NULL)
+            longopts[nlong++] = (struct option){ t->name, t->has_arg, NULL, t->val };
+        if (t->val < OPT_DISK)
+            g_string_append_printf(shortopts, "%c%s", t->val,
+                                   t->has_arg == required_argument ? ":" : "");
+    }
     int c;
     char *end;
 
@@ -119,7 +150,7 @@ static void parse_options(int argc, char **argv, struct fo_options *o)
     o->mount_opts = g_string_new(NULL);
     o->threads = 2;
     o->cache = FO_CACHE_DIRECT;
-    while ((c = getopt_long(argc, argv, "+c:fo:t:vh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, shortopts->str, longopts, NULL)) != -1) {
         switch (c) {
         case 'c':
             if (o->config != NULL)
@@ -185,6 +216,7 @@ static void parse_options(int argc, char **argv, struct fo_options *o)
             exit(2);
         }
     }
+    g_string_free(shortopts, TRUE);
     if (optind == argc)
         bad_usage("no MOUNTPOINT given");
     if (optind + 1 < argc)

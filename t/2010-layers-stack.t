@@ -1,4 +1,6 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
 # Read caches, write-through, unmap and stack validation (GTest, see t/unit/layers-stack.c).
-exec "${LAYERFS_BUILDDIR:-$(dirname "$0")/..}/t/bin/layers-stack" --tap
+# Each case runs in a process of its own (tu_add_isolated) and --keep-going goes on past a
+# failed one, so a failure is one "not ok" and the other cases still run.
+exec "${LAYERFS_BUILDDIR:-$(dirname "$0")/..}/t/bin/layers-stack" --tap --keep-going

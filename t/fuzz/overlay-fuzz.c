@@ -1,9 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* libFuzzer entry point for the overlay header and bitmap parser (layers/overlay-format.c).
- * Built only with clang, outside the normal build:
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -I. -D_GNU_SOURCE \
- *       $(pkg-config --cflags glib-2.0) t/fuzz/overlay-fuzz.c layers/overlay-format.c \
- *       $(pkg-config --libs glib-2.0) -o overlay-fuzz && ./overlay-fuzz -max_total_time=60
+ * Built as t/bin/overlay-fuzz with clang when configure finds libFuzzer, and run by
+ * t/2025 from the seed corpus t/fuzz/corpus/overlay/; by hand, for longer:
+ *   build/t/bin/overlay-fuzz -max_total_time=600 NEW-DIR t/fuzz/corpus/overlay
  * The input is the first bytes of an overlay file; its first 8 bytes after the header size
  * are not special: the file size is taken as the input length, or from the last 8 bytes
  * when the input is longer than the header plus 8.  t/unit/layers-overlay.c runs a
@@ -30,13 +29,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size -= 8;
     }
     if (!ovl_hdr_decode(data, size, file_size, "fuzz", &h, &err)) {
-        g_error_free(err);
+        g_clear_error(&err);
         return 0;
     }
     if (h.bitmap_off + h.bitmap_len <= size) {
         uint8_t *bm = g_memdup2(data + h.bitmap_off, h.bitmap_len);
         if (!ovl_bitmap_check(&h, bm, file_size, "fuzz", NULL, &err))
-            g_error_free(err);
+            g_clear_error(&err);
         ovl_bitmap_repair(&h, bm, file_size);
         uint64_t bad = 0;
         if (!ovl_bitmap_check(&h, bm, file_size, "fuzz", &bad, &err))

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "t/unit/test-util.h"
 
@@ -346,6 +347,64 @@ static void test_open_keys(void)
     tu_loop_free(loop);
 }
 
+/* With a path: the file is the medium behind a volatile cache; a flush writes back, a
+ * close or power cut without one loses the writes, and the cut fails everything after. */
+static void test_power_cut(void)
+{
+    struct bc_loop *loop = tu_loop_new();
+    g_autofree char *dir = g_dir_make_tmp("bc-faults-XXXXXX", NULL);
+    g_autofree char *path = g_build_filename(dir, "medium", NULL);
+    uint8_t *a = bc_buf_alloc(A), *b = bc_buf_alloc(A), *got = bc_buf_alloc(A);
+
+    memset(a, 0xaa, A);
+    memset(b, 0xbb, A);
+    g_assert_true(g_file_set_contents(path, "", 0, NULL));
+    g_assert_cmpint(truncate(path, 64 * A), ==, 0);
+    struct bc_dev *dev = tu_open(&bc_drv_fault, path, false, false, "align", "4096", NULL);
+    g_assert_cmpuint(bc_dev_props(dev)->size, ==, 64 * A);
+    g_assert_cmpint(tu_pwrite(dev, loop, a, A, 0), ==, 0);
+    g_assert_cmpint(tu_flush(dev, loop), ==, 0);
+    g_assert_cmpint(tu_pwrite(dev, loop, b, A, A), ==, 0);
+    g_assert_cmpint(tu_pread(dev, loop, got, A, A), ==, 0);     /* the cache serves reads */
+    g_assert_cmpmem(got, A, b, A);
+    bc_dev_close(dev);                                          /* no flush: b is lost */
+
+    dev = tu_open(&bc_drv_fault, path, false, false, "align", "4096", "fault-power-cut", "2",
+                  NULL);
+    g_assert_cmpint(tu_pread(dev, loop, got, A, 0), ==, 0);
+    g_assert_cmpmem(got, A, a, A);
+    g_assert_cmpint(tu_pread(dev, loop, got, A, A), ==, 0);
+    g_assert_cmpint(got[0], ==, 0);
+    g_assert_cmpint(tu_pwrite(dev, loop, b, A, 2 * A), ==, 0);
+    g_assert_cmpint(tu_flush(dev, loop), ==, 0);
+    g_assert_cmpint(tu_pwrite(dev, loop, b, A, 3 * A), ==, 0);
+    g_assert_cmpint(tu_flush(dev, loop), ==, -EIO);             /* the second flush: cut */
+    g_assert_cmpint(tu_pread(dev, loop, got, A, 0), ==, -EIO);
+    g_assert_cmpint(tu_pwrite(dev, loop, b, A, 0), ==, -EIO);
+    bc_dev_close(dev);
+
+    /* What reached the medium: a and the flushed b; the unflushed b did not (writeback 0). */
+    g_autofree char *data = NULL;
+    gsize len = 0;
+    g_assert_true(g_file_get_contents(path, &data, &len, NULL));
+    g_assert_cmpuint(len, ==, 64 * A);
+    g_assert_cmpmem(data, A, a, A);
+    g_assert_cmpint(data[A], ==, 0);
+    g_assert_cmpmem(data + 2 * A, A, b, A);
+    g_assert_cmpint(data[3 * A], ==, 0);
+
+    g_autoptr(GError) err = NULL;
+    g_assert_null(tu_try_open(&bc_drv_fault, NULL, false, false, &err, "size", "1M",
+                              "fault-power-cut", "1", NULL));
+    g_assert_nonnull(strstr(err->message, "need a path"));
+    unlink(path);
+    rmdir(dir);
+    bc_buf_free(a);
+    bc_buf_free(b);
+    bc_buf_free(got);
+    tu_loop_free(loop);
+}
+
 int main(int argc, char **argv)
 {
     tu_init(&argc, &argv, 150);
@@ -359,5 +418,6 @@ int main(int argc, char **argv)
     ADD("/faults/stress", test_stress);
     g_test_add_func("/faults/rmw-tail-eio-multichunk", test_rmw_tail_eio_multichunk);
     g_test_add_func("/faults/open-keys", test_open_keys);
+    g_test_add_func("/faults/power-cut", test_power_cut);
     return g_test_run();
 }

@@ -231,11 +231,11 @@ int main(int argc, char **argv)
     g_assert_no_error(err);
     opath = g_build_filename(dir, "o.ovl", NULL);
     make_image();
-    g_test_add_func("/layers/overlay/valid", test_valid);
-    g_test_add_func("/layers/overlay/truncated", test_truncated);
-    g_test_add_func("/layers/overlay/header-fields", test_header_fields);
-    g_test_add_func("/layers/overlay/bitmap", test_bitmap);
-    g_test_add_func("/layers/overlay/fuzz", test_fuzz);
+    tu_add_isolated("/layers/overlay/valid", test_valid);
+    tu_add_isolated("/layers/overlay/truncated", test_truncated);
+    tu_add_isolated("/layers/overlay/header-fields", test_header_fields);
+    tu_add_isolated("/layers/overlay/bitmap", test_bitmap);
+    tu_add_isolated("/layers/overlay/fuzz", test_fuzz);
     int rc = g_test_run();
     g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", dir);
     if (rc == 0 && system(cmd) != 0)

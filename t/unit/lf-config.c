@@ -10,6 +10,7 @@
 #include <glib/gstdio.h>
 
 #include "layers/layer.h"
+#include "t/unit/test-util.h"
 
 static char *tmpdir;
 
@@ -407,15 +408,15 @@ static void test_driver_rules(void)
 
 int main(int argc, char **argv)
 {
-    g_test_init(&argc, &argv, NULL);
+    tu_test_init(&argc, &argv);
     tmpdir = g_dir_make_tmp("lf-config-XXXXXX", NULL);
     g_assert_nonnull(tmpdir);
-    g_test_add_func("/config/valid", test_valid);
-    g_test_add_func("/config/stack-rules", test_stack_rules);
-    g_test_add_func("/config/errors", test_errors);
-    g_test_add_func("/config/inline", test_inline);
-    g_test_add_func("/config/format-rules", test_format_rules);
-    g_test_add_func("/config/driver-rules", test_driver_rules);
+    tu_add_isolated("/config/valid", test_valid);
+    tu_add_isolated("/config/stack-rules", test_stack_rules);
+    tu_add_isolated("/config/errors", test_errors);
+    tu_add_isolated("/config/inline", test_inline);
+    tu_add_isolated("/config/format-rules", test_format_rules);
+    tu_add_isolated("/config/driver-rules", test_driver_rules);
     int r = g_test_run();
     g_autofree char *rm = g_strdup_printf("rm -rf '%s'", tmpdir);
     if (system(rm) != 0)

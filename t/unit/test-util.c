@@ -15,17 +15,87 @@
 
 /* ---- setup ------------------------------------------------------------------------- */
 
+/* Not "Bail out!", which would stop prove's whole run: this program fails, by its exit
+ * status and the missing results, and the other test files still run. */
 static void tu_watchdog(int sig)
 {
-    static const char msg[] = "Bail out! watchdog: the test hung (a callback never came?)\n";
+    static const char msg[] = "# watchdog: the test hung (a callback never came?)\n";
     ssize_t n = write(STDOUT_FILENO, msg, sizeof msg - 1);
     (void)n;
     _exit(1);
 }
 
+/* In the subprocess running one isolated case (GLib runs it with -q, which we turn into
+ * --tap): pass on its TAP comments, but neither its plan and result lines (the parent
+ * prints the case's own) nor GLib's bookkeeping comments.  Flushed at once: a failed
+ * assertion aborts. */
+static void tu_child_print(const gchar *s)
+{
+    static const char *const skip[] = { "# Start of ", "# End of ", "# random seed", NULL };
+    g_auto(GStrv) lines = g_strsplit(s, "\n", -1);
+
+    for (int i = 0; lines[i] != NULL; i++) {
+        bool pass = g_str_has_prefix(lines[i], "# ");
+        for (int k = 0; pass && skip[k] != NULL; k++)
+            pass = !g_str_has_prefix(lines[i], skip[k]);
+        if (pass)
+            printf("%s\n", lines[i]);
+    }
+    fflush(stdout);
+}
+
+void tu_test_init(int *argc, char ***argv)
+{
+    bool child = false;
+
+    for (int i = 1; i < *argc; i++)
+        child |= strcmp((*argv)[i], "--GTestSubprocess") == 0;
+    if (child) {
+        /* --tap last: GLib turns TAP off when it meets --GTestSubprocess. */
+        char **av = g_new0(char *, *argc + 2);
+        int n = 0;
+        for (int i = 0; i < *argc; i++)
+            if (strcmp((*argv)[i], "-q") != 0)
+                av[n++] = (*argv)[i];
+        av[n++] = (char *)"--tap";
+        *argc = n;
+        *argv = av;     /* for the life of the process */
+        g_set_print_handler(tu_child_print);
+    }
+    g_test_init(argc, argv, NULL);
+}
+
+struct tu_case {
+    GTestFunc fn;
+};
+
+static void tu_isolated(gconstpointer data)
+{
+    const struct tu_case *c = data;
+
+    if (g_test_subprocess()) {
+        c->fn();
+        return;
+    }
+    g_test_trap_subprocess(NULL, 0,
+                           G_TEST_SUBPROCESS_INHERIT_STDOUT | G_TEST_SUBPROCESS_INHERIT_STDERR);
+    if (!g_test_trap_has_passed()) {
+        g_test_message("the case failed in its own process (its messages are above)");
+        g_test_fail();
+    }
+}
+
+void tu_add_isolated(const char *path, GTestFunc fn)
+{
+    struct tu_case *c = g_new0(struct tu_case, 1);
+
+    c->fn = fn;
+    g_test_add_data_func_full(path, c, tu_isolated, g_free);
+}
+
 void tu_init(int *argc, char ***argv, unsigned watchdog_s)
 {
-    g_test_init(argc, argv, NULL);
+    tu_test_init(argc, argv);
     /* Drivers may log a warning (e.g. the O_DIRECT fallback); that is not a failure. */
     g_log_set_always_fatal(G_LOG_FATAL_MASK | G_LOG_LEVEL_CRITICAL);
     setvbuf(stdout, NULL, _IOLBF, 0);

@@ -15,8 +15,15 @@
 #include "blockcore/testing.h"
 #include "drivers/drivers.h"
 
-/* g_test_init() plus: warnings are not fatal (drivers log fallbacks), a watchdog that
- * bails out after watchdog_s seconds instead of hanging CI. */
+/* g_test_init() for programs that register cases with tu_add_isolated(): in the
+ * subprocess that runs one case, the case's TAP comments still reach the parent's output. */
+void tu_test_init(int *argc, char ***argv);
+/* g_test_add_func(), but the case runs in a subprocess of its own, so that a failed
+ * assertion or a crash makes only this case "not ok" (run the program with --keep-going
+ * and the other cases still run). */
+void tu_add_isolated(const char *path, GTestFunc fn);
+/* tu_test_init() plus: warnings are not fatal (drivers log fallbacks), a watchdog that
+ * ends the program after watchdog_s seconds instead of hanging CI. */
 void tu_init(int *argc, char ***argv, unsigned watchdog_s);
 /* The seed for a test: LAYERFS_TEST_SEED if set, else fixed_seed; printed as a TAP comment. */
 guint32 tu_seed(guint32 fixed_seed);

@@ -12,6 +12,7 @@
 #include "drivers/virtio-blk/virtio-blk.h"
 #include "drivers/virtio-blk/virtio-blk-req.h"
 #include "drivers/virtio-blk/virtqueue.h"
+#include "t/unit/test-util.h"
 
 /* The device side of one queue: reads avail, writes used, as a device would. */
 struct fakedev {
@@ -341,11 +342,11 @@ static void test_config_props(void)
 
 int main(int argc, char **argv)
 {
-    g_test_init(&argc, &argv, NULL);
-    g_test_add_func("/virtqueue/layouts", test_layouts);
-    g_test_add_func("/virtqueue/wrap-out-of-order", test_wrap_out_of_order);
-    g_test_add_func("/virtqueue/event-idx", test_event_idx);
-    g_test_add_func("/virtqueue/garbage", test_garbage);
-    g_test_add_func("/virtqueue/config-props", test_config_props);
+    tu_test_init(&argc, &argv);
+    tu_add_isolated("/virtqueue/layouts", test_layouts);
+    tu_add_isolated("/virtqueue/wrap-out-of-order", test_wrap_out_of_order);
+    tu_add_isolated("/virtqueue/event-idx", test_event_idx);
+    tu_add_isolated("/virtqueue/garbage", test_garbage);
+    tu_add_isolated("/virtqueue/config-props", test_config_props);
     return g_test_run();
 }
