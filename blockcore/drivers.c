@@ -1,17 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-/* The one table of backend drivers; add a driver here and in Makefile.am, nowhere else. */
+/* The one table of backend drivers, made from drivers/drivers.h's list. */
 #include <string.h>
 
 #include "drivers/drivers.h"
 
-static const struct bc_driver *const bc_drivers[] = {
-    &bc_drv_file,
-    &bc_drv_null,
-    &bc_drv_ram,
-    &bc_drv_fault,
-    &bc_drv_virtio_blk_vhost_user,
-    &bc_drv_virtio_blk_vfio_pci,
-};
+#define BC_DRIVER_ENTRY(name) &bc_drv_##name,
+static const struct bc_driver *const bc_drivers[] = { BC_DRIVER_LIST(BC_DRIVER_ENTRY) };
+#undef BC_DRIVER_ENTRY
 
 const struct bc_driver *bc_driver_find(const char *name)
 {

@@ -1,15 +1,24 @@
 /* SPDX-License-Identifier: MIT */
-/* The one table of layer formats; add a format here, in its own fmt-*.c and in Makefile.am,
- * nowhere else.  The configuration parser and disk.c find formats and their rules here. */
+/* The one table of layer formats: adding a format is its own fmt-*.c, one line here and its
+ * file in Makefile.am.  The configuration parser and disk.c find formats and rules here. */
 #include <string.h>
 
 #include "layers/layer.h"
 
-static const struct layer_ops *const layer_formats[] = {
-    &layer_fmt_raw,         /* the first is the default */
-    &layer_fmt_overlay,
-    &layer_fmt_ram,
-};
+/* Every format, as layer_fmt_NAME in fmt-NAME.c; the first is the default.  The order is
+ * the order of the "known:" lists in messages. */
+#define LAYER_FORMAT_LIST(X)    \
+    X(raw)                      \
+    X(overlay)                  \
+    X(ram)
+
+#define LAYER_FORMAT_DECLARE(name) extern const struct layer_ops layer_fmt_##name;
+LAYER_FORMAT_LIST(LAYER_FORMAT_DECLARE)
+#undef LAYER_FORMAT_DECLARE
+
+#define LAYER_FORMAT_ENTRY(name) &layer_fmt_##name,
+static const struct layer_ops *const layer_formats[] = { LAYER_FORMAT_LIST(LAYER_FORMAT_ENTRY) };
+#undef LAYER_FORMAT_ENTRY
 
 const struct layer_ops *layer_format_find(const char *name)
 {

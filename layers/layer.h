@@ -82,10 +82,6 @@ struct layer {
     void *priv;
 };
 
-extern const struct layer_ops layer_fmt_raw;
-extern const struct layer_ops layer_fmt_ram;
-extern const struct layer_ops layer_fmt_overlay;
-
 /* The driver of a layer whose configuration names none (and whose format is not in memory). */
 #define LAYER_DEFAULT_DRIVER "file"
 
