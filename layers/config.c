@@ -26,9 +26,6 @@
  * or an image header says.
  */
 
-#define LF_CFG_MIN_BLOCK 512u
-#define LF_CFG_MAX_BLOCK (64u << 20)
-
 static const char *const lf_layer_keys[] = {
     "format", "driver", "path", "direct", "read-only", "read-cache", "write-through",
     "create", "block-size", NULL,
@@ -250,7 +247,7 @@ static struct lf_layer_cfg *layer_from_pairs(const char *name, const char *origi
             ok = lf_bool_key(origin, k, v, &lc->create, errp);
         } else if (strcmp(k, "block-size") == 0) {
             uint64_t bs;
-            if (!bc_parse_size(v, &bs) || bs < LF_CFG_MIN_BLOCK || bs > LF_CFG_MAX_BLOCK ||
+            if (!bc_parse_size(v, &bs) || bs < LF_MIN_BLOCK_SIZE || bs > LF_MAX_BLOCK_SIZE ||
                 (bs & (bs - 1)) != 0) {
                 g_set_error(errp, LF_ERROR, EINVAL, "%s:block-size: '%s' is not a power of "
                             "two from 512 to 64M", origin, v);

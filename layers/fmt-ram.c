@@ -111,7 +111,7 @@ static bool ram_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
                     "%s:size: a ram layer at the bottom of a stack needs a size", l->origin);
         return false;
     }
-    if (bs < 512 || bs > (64u << 20) || (bs & (bs - 1)) != 0) {
+    if (bs < LF_MIN_BLOCK_SIZE || bs > LF_MAX_BLOCK_SIZE || (bs & (bs - 1)) != 0) {
         g_set_error(errp, LF_ERROR, EINVAL,
                     "%s:block-size: %" PRIu64 " is not a power of two between 512 and 64M",
                     l->origin, bs);

@@ -12,6 +12,10 @@
 
 #include "blockcore/blockcore.h"
 
+/* What the block-size key accepts: a power of two in this range. */
+#define LF_MIN_BLOCK_SIZE 512u
+#define LF_MAX_BLOCK_SIZE (64u << 20)
+
 /* One [layer NAME] group of the configuration, parsed and checked. */
 struct lf_layer_cfg {
     char *name;

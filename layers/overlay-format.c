@@ -11,6 +11,9 @@
 #include "layers/layers.h"
 #include "layers/overlay-format.h"
 
+/* Every block size the configuration accepts must make a valid overlay. */
+G_STATIC_ASSERT(OVL_MIN_BLOCK <= LF_MIN_BLOCK_SIZE && LF_MAX_BLOCK_SIZE <= OVL_MAX_BLOCK);
+
 uint32_t ovl_crc32(const uint8_t *p, size_t len)
 {
     uint32_t crc = 0xffffffffu;
