@@ -201,9 +201,12 @@ struct io_uring_sqe *bc_loop_sqe(struct bc_loop *loop, struct bc_uop *uop)
         /* The kernel took nothing: free the CQ ring, or wait until it has something to
          * free, and try again. */
         if (!hold_ready(loop)) {
+            /* Bounded: after an -EAGAIN (the kernel short of memory) nothing may be on its
+             * way, and the submission must simply be tried again. */
+            struct __kernel_timespec ts = { .tv_nsec = 1000000 };
             struct io_uring_cqe *cqe;
-            ret = io_uring_wait_cqe(&loop->ring, &cqe);
-            if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+            ret = io_uring_wait_cqe_timeout(&loop->ring, &cqe, &ts);
+            if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME)
                 g_error("io_uring_wait_cqe: %s", g_strerror(-ret));
             hold_ready(loop);
         }
@@ -283,7 +286,8 @@ static void bc_loop_reap(struct bc_loop *loop)
 {
     struct io_uring_cqe *cqe;
     unsigned head, n = 0;
-    /* Collect first, then run: a callback may submit and reap recursively. */
+    /* Collect first, then run: a callback may submit, and may run the loop again (a
+     * bc_sync_wait() nested in it), which reaps recursively. */
     struct bc_cqe batch[64];
 
     for (;;) {
