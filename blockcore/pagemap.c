@@ -57,6 +57,20 @@ static void mark(struct bc_pagemap *m, size_t first, size_t n, bool used)
     }
 }
 
+/* True if pages [first, first+n) are all in use; looks at those words only. */
+static bool all_used(const struct bc_pagemap *m, size_t first, size_t n)
+{
+    while (n) {
+        size_t bit = first % 64, k = MIN(n, 64 - bit);
+        uint64_t mask = (k == 64 ? ~0ull : ((1ull << k) - 1)) << bit;
+        if ((m->bitmap[first / 64] & mask) != mask)
+            return false;
+        first += k;
+        n -= k;
+    }
+    return true;
+}
+
 /* n free pages, first fit from the hint, wrapping once; -1 if none.  Waiters ignored. */
 static ssize_t take(struct bc_pagemap *m, size_t n)
 {
@@ -89,6 +103,8 @@ ssize_t bc_pagemap_take(struct bc_pagemap *m, size_t n)
 
 bool bc_pagemap_take_or_wait(struct bc_pagemap *m, struct bc_pagemap_wait *w)
 {
+    /* A waiter that can never fit would hold every later one back for good. */
+    assert(w->pages && w->pages <= m->pages);
     ssize_t first = bc_pagemap_take(m, w->pages);
 
     if (first >= 0) {
@@ -105,7 +121,7 @@ struct bc_pagemap_wait *bc_pagemap_put(struct bc_pagemap *m, size_t first, size_
 {
     struct bc_pagemap_wait *granted = NULL, **gtail = &granted;
 
-    assert(n && first + n <= m->pages && next_bit(m, first, false) >= first + n);
+    assert(n && first + n <= m->pages && all_used(m, first, n));
     mark(m, first, n, false);
     while (m->head) {
         struct bc_pagemap_wait *w = m->head;
