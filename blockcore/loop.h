@@ -72,10 +72,11 @@ struct bc_sync {
     struct bc_loop *own;    /* a private loop made by bc_sync_begin, or NULL */
     unsigned pending;       /* 1 until the request started completes */
     int res;                /* its result */
+    bool stuck;             /* the loop failed with a request still in it */
 };
 /* Use loop, else the calling thread's, else a private one; false + *errp on failure. */
 bool bc_sync_begin(struct bc_sync *s, struct bc_loop *loop, GError **errp);
-/* Free the private loop, if any. */
+/* Free the private loop, if any (kept, as a leak, if a request is stuck in it). */
 void bc_sync_end(struct bc_sync *s);
 /* The bc_cb of a request run synchronously; opaque = the struct bc_sync. */
 void bc_sync_cb(void *opaque, int res);

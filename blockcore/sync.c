@@ -33,8 +33,12 @@ bool bc_sync_begin(struct bc_sync *s, struct bc_loop *loop, GError **errp)
 
 void bc_sync_end(struct bc_sync *s)
 {
-    if (s->own != NULL)
+    /* After a failed bc_sync_wait() the request may still be in the ring: keep the loop
+     * (a leak) rather than free memory the kernel may still complete into. */
+    if (s->own != NULL && !s->stuck)
         bc_loop_free(s->own);
+    else if (s->own != NULL)
+        g_warning("bc_sync_end: a request is still in flight; its loop is not freed");
     s->own = NULL;
     s->loop = NULL;
 }
@@ -51,8 +55,10 @@ int bc_sync_wait(struct bc_sync *s)
 {
     int r = bc_loop_wait(s->loop, &s->pending);
 
-    if (r < 0)
+    if (r < 0) {
+        s->stuck = true;
         return r;
+    }
     s->pending = 1;     /* ready for the next request */
     return s->res;
 }
