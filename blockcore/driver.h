@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The driver interface: what a backend driver (drivers/) implements and what the engine
- * promises it.  The drivers themselves are listed in one table, blockcore/drivers.c. */
+ * promises it.  The drivers are listed once, in drivers/drivers.h (BC_DRIVER_LIST). */
 #ifndef LAYERFS_BLOCKCORE_DRIVER_H
 #define LAYERFS_BLOCKCORE_DRIVER_H
 

@@ -59,7 +59,7 @@ struct bc_fault_cache {
     uint32_t chunk;         /* write-back granularity: a power of two >= the alignment */
     uint32_t writeback;     /* percent of writes written back as they complete */
     bool read_only;
-    int64_t cut_at;         /* the flush that cuts the power, 1-based; -1 never */
+    int64_t cut_at;         /* the flush that cuts the power, 1-based (0 acts as 1); -1 never */
     uint8_t *buf;           /* one chunk run for write-back, bc_buf_alloc() */
     GMutex lock;            /* protects everything below */
     unsigned long *dirty;   /* one bit per chunk written since it last reached fd */

@@ -3,9 +3,9 @@
  * Built as t/bin/overlay-fuzz with clang when configure finds libFuzzer, and run by
  * t/2025 from the seed corpus t/fuzz/corpus/overlay/; by hand, for longer:
  *   build/t/bin/overlay-fuzz -max_total_time=600 NEW-DIR t/fuzz/corpus/overlay
- * The input is the first bytes of an overlay file; its first 8 bytes after the header size
- * are not special: the file size is taken as the input length, or from the last 8 bytes
- * when the input is longer than the header plus 8.  t/unit/layers-overlay.c runs a
+ * The input is an overlay's header and bitmap, then its file size (u64, little-endian) in
+ * the last 8 bytes when the input is longer than the header plus 8; a shorter input is
+ * taken as the whole file, its length the file size.  t/unit/layers-overlay.c runs a
  * deterministic mutation loop over the same functions in every test run. */
 #include <stddef.h>
 #include <stdint.h>
