@@ -32,7 +32,7 @@ done
 letters() { tr -d '\n-' | fold -w1 | LC_ALL=C sort | tr -d '\n'; }
 accepted=
 for c in {a..z} {A..Z}; do
-    "$LAYERFS_IMG" info "-$c" </dev/null 2>&1 | grep -q "invalid option" || accepted="$accepted$c"
+    LC_ALL=C "$LAYERFS_IMG" info "-$c" </dev/null 2>&1 | grep -q "invalid option" || accepted="$accepted$c"
 done
 is "$(printf '%s' "$accepted" | letters)" \
     "$(printf '%s\n' "$opts" | grep -E '^-[a-zA-Z]$' | letters)" \

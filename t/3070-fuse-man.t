@@ -6,6 +6,7 @@
 # (or layerfs-virtio.7); every page in man/ renders without warnings, is installed, and
 # the two daemon pages have the sections the house style asks for.
 . "$(dirname "$0")/tap.sh"
+require_cmd groff
 
 MAN1=$T_TOP/man/layerfs.1
 MAN5=$T_TOP/man/layerfs.conf.5
@@ -40,7 +41,7 @@ done
 # Every short option getopt accepts is in --help: ask it about each letter.
 accepted=
 for c in {a..z} {A..Z}; do
-    "$LAYERFS" "-$c" </dev/null 2>&1 | grep -q "invalid option" || accepted="$accepted$c"
+    LC_ALL=C "$LAYERFS" "-$c" </dev/null 2>&1 | grep -q "invalid option" || accepted="$accepted$c"
 done
 letters() { tr -d '\n-' | fold -w1 | LC_ALL=C sort | tr -d '\n'; }
 is "$(printf '%s' "$accepted" | letters)" "$(printf '%s' "$shorts" | letters)" \
@@ -74,7 +75,6 @@ done
 
 # Every page renders without a warning and is installed.
 installed=$(sed -n 's/^dist_man_MANS *+\{0,1\}= *//p' "$T_TOP/Makefile.am" | tr ' ' '\n')
-require_cmd groff
 for m in "$T_TOP"/man/*.[1-9]; do
     page=$(basename "$m")
     is "$(groff -mandoc -ww -z "$m" 2>&1)" "" "$page renders without warnings"
