@@ -1,26 +1,23 @@
 /* SPDX-License-Identifier: MIT */
 /* The virtio-blk-vfio-pci driver: a virtio-blk PCI function bound to vfio-pci, driven from
- * userspace (modern virtio PCI transport, MSI-X to eventfds, rings DMA-mapped via type1). */
-#include <endian.h>
+ * userspace: the modern virtio PCI transport (common config, notify, one MSI-X vector per
+ * queue), on the VFIO plumbing of vfio.c. */
 #include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <linux/pci_regs.h>
-#include <linux/vfio.h>
 #include <linux/virtio_blk.h>
 #include <linux/virtio_config.h>
 #include <linux/virtio_pci.h>
 
 #include "drivers/drivers.h"
 #include "drivers/util.h"
+#include "drivers/virtio-blk/vfio.h"
 #include "drivers/virtio-blk/virtio-blk.h"
 
 /*
@@ -37,8 +34,9 @@
  * the kernel refuses (RLIMIT_MEMLOCK, no IOVA space), the device works without them and
  * every request is copied through the region as before.
  *
- * Teardown resets the device before the DMA mapping goes away, so it can no longer write
- * into memory we give back; it runs on close and on every setup error past the group open.
+ * Teardown resets the device before vf_dev_close() takes the DMA mapping away, so it can no
+ * longer write into memory we give back; it runs on close and on every setup error past the
+ * group open.
  * The config interrupt is the death fd: if the device sets DEVICE_NEEDS_RESET, every
  * request fails with -EIO.
  */
@@ -47,35 +45,21 @@
 #define VF_PAGE 4096u
 #define VF_VIRTIO_VENDOR 0x1af4
 
-struct vf_cap {
-    int bar;                /* -1: not found */
-    uint64_t off;
-    uint32_t len;
-};
-
-struct vf_bar {
-    uint8_t *map;           /* NULL: use pread/pwrite at off */
-    uint64_t size, off;
-};
+/* The region and every arena are DMA-mapped through one struct vf_dev. */
+_Static_assert(VF_MAX_DMA_MAPS >= 1 + BC_BUF_MAX_REGIONS, "too few DMA mappings");
 
 struct vf_state {
     char *what;
-    int container, group, device;
-    uint64_t cfg_off;       /* config space in the device fd */
-    struct vf_bar bar[6];
+    struct vf_dev dev;      /* the PCI function through VFIO */
     struct vf_cap common, notify, isr, devcfg;
     uint32_t notify_mult;
     uint64_t notify_at[VF_MAX_QUEUES];  /* offset in the notify BAR per queue */
     bool started;           /* status written: reset on teardown */
-    bool irqs;              /* MSI-X set up */
     void *mem;
     size_t mem_len;
     uint64_t iova;
-    bool dma_mapped;
     bool arena_space;       /* IOVA space for the arenas after the region */
-    unsigned narenas;       /* arenas DMA-mapped, at arena_iova[] */
-    struct bc_buf_region arenas[BC_BUF_MAX_REGIONS];
-    uint64_t arena_iova[BC_BUF_MAX_REGIONS];
+    unsigned narenas;       /* arenas DMA-mapped after the region */
     unsigned nq;
     int call_fd[VF_MAX_QUEUES];
     int cfg_fd;             /* config-change interrupt */
@@ -85,69 +69,11 @@ struct vf_state {
 
 /* ---- register access --------------------------------------------------------------- */
 
-static bool cfg_rw(struct vf_state *s, bool wr, uint64_t off, void *buf, size_t len)
-{
-    ssize_t n = wr ? pwrite(s->device, buf, len, (off_t)(s->cfg_off + off))
-                   : pread(s->device, buf, len, (off_t)(s->cfg_off + off));
-    return n == (ssize_t)len;
-}
-
-static uint32_t cfg_read(struct vf_state *s, uint64_t off, size_t len)
-{
-    uint32_t v = 0;
-    if (!cfg_rw(s, false, off, &v, len))
-        return UINT32_MAX;
-    return le32toh(v);
-}
-
-static void cfg_write(struct vf_state *s, uint64_t off, uint32_t v, size_t len)
-{
-    v = htole32(v);
-    cfg_rw(s, true, off, &v, len);
-}
-
-/* Read/write len (1, 2 or 4) bytes at off inside capability c. */
-static uint32_t cap_read(struct vf_state *s, const struct vf_cap *c, uint64_t off, size_t len)
-{
-    struct vf_bar *b = &s->bar[c->bar];
-    uint64_t at = c->off + off;
-
-    if (b->map) {
-        volatile void *p = b->map + at;
-        switch (len) {
-        case 1: return *(volatile uint8_t *)p;
-        case 2: return le16toh(*(volatile uint16_t *)p);
-        default: return le32toh(*(volatile uint32_t *)p);
-        }
-    }
-    uint32_t v = 0;
-    if (pread(s->device, &v, len, (off_t)(b->off + at)) != (ssize_t)len)
-        return UINT32_MAX;
-    return le32toh(v);
-}
-
-static void cap_write(struct vf_state *s, const struct vf_cap *c, uint64_t off, uint32_t v,
-                      size_t len)
-{
-    struct vf_bar *b = &s->bar[c->bar];
-    uint64_t at = c->off + off;
-
-    if (b->map) {
-        volatile void *p = b->map + at;
-        switch (len) {
-        case 1: *(volatile uint8_t *)p = (uint8_t)v; break;
-        case 2: *(volatile uint16_t *)p = htole16((uint16_t)v); break;
-        default: *(volatile uint32_t *)p = htole32(v); break;
-        }
-        return;
-    }
-    v = htole32(v);
-    ssize_t r = pwrite(s->device, &v, len, (off_t)(b->off + at));
-    (void)r;
-}
-
-#define COMMON_R(s, field, len) cap_read((s), &(s)->common, VIRTIO_PCI_COMMON_##field, (len))
-#define COMMON_W(s, field, v, len) cap_write((s), &(s)->common, VIRTIO_PCI_COMMON_##field, (v), (len))
+/* Read/write a field of the common config structure. */
+#define COMMON_R(s, field, len)                                                         \
+    vf_cap_read(&(s)->dev, &(s)->common, VIRTIO_PCI_COMMON_##field, (len))
+#define COMMON_W(s, field, v, len)                                                      \
+    vf_cap_write(&(s)->dev, &(s)->common, VIRTIO_PCI_COMMON_##field, (v), (len))
 
 static void set_status(struct vf_state *s, uint8_t bits)
 {
@@ -173,7 +99,7 @@ static void vf_kick(void *t, unsigned qi)
     struct vf_state *s = t;
     struct vf_cap c = s->notify;
     c.off += s->notify_at[qi];
-    cap_write(s, &c, 0, qi, 2);
+    vf_cap_write(&s->dev, &c, 0, qi, 2);
 }
 
 static bool vf_alive(void *t)
@@ -193,34 +119,7 @@ static void vf_free(struct vf_state *s)
     if (s->started && s->common.bar >= 0)
         reset_device(s);    /* no more DMA into memory about to go */
     bc_vblk_free(s->blk);
-    if (s->irqs) {
-        struct vfio_irq_set off = { .argsz = sizeof(off),
-                                    .flags = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
-                                    .index = VFIO_PCI_MSIX_IRQ_INDEX, .start = 0, .count = 0 };
-        ioctl(s->device, VFIO_DEVICE_SET_IRQS, &off);
-    }
-    if (s->started)
-        cfg_write(s, PCI_COMMAND, cfg_read(s, PCI_COMMAND, 2) & ~PCI_COMMAND_MASTER, 2);
-    for (int i = 0; i < 6; i++)
-        if (s->bar[i].map)
-            munmap(s->bar[i].map, s->bar[i].size);
-    if (s->device >= 0)
-        close(s->device);
-    if (s->dma_mapped) {
-        struct vfio_iommu_type1_dma_unmap um = { .argsz = sizeof(um), .iova = s->iova,
-                                                 .size = s->mem_len };
-        ioctl(s->container, VFIO_IOMMU_UNMAP_DMA, &um);
-    }
-    for (unsigned i = 0; i < s->narenas; i++) {
-        struct vfio_iommu_type1_dma_unmap um = { .argsz = sizeof(um),
-                                                 .iova = s->arena_iova[i],
-                                                 .size = s->arenas[i].len };
-        ioctl(s->container, VFIO_IOMMU_UNMAP_DMA, &um);
-    }
-    if (s->group >= 0)
-        close(s->group);
-    if (s->container >= 0)
-        close(s->container);
+    vf_dev_close(&s->dev);
     if (s->mem)
         munmap(s->mem, s->mem_len);
     for (unsigned i = 0; i < VF_MAX_QUEUES; i++)
@@ -234,173 +133,36 @@ static void vf_free(struct vf_state *s)
 
 /* ---- setup steps ------------------------------------------------------------------- */
 
-/* The device's sysfs state: exists, bound to vfio-pci; returns its IOMMU group or -1. */
-static int sysfs_group(struct vf_state *s, const char *addr, GError **errp)
-{
-    g_autofree char *dir = g_strdup_printf("/sys/bus/pci/devices/%s", addr);
-    g_autofree char *drv_link = g_strdup_printf("%s/driver", dir);
-    g_autofree char *grp_link = g_strdup_printf("%s/iommu_group", dir);
-    g_autofree char *drv = g_file_read_link(drv_link, NULL);
-    g_autofree char *grp = NULL;
-
-    if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
-        g_set_error(errp, BC_ERROR, ENODEV, "%s: no such PCI device", s->what);
-        return -1;
-    }
-    if (!drv || strcmp(strrchr(drv, '/') ? strrchr(drv, '/') + 1 : drv, "vfio-pci") != 0) {
-        g_set_error(errp, BC_ERROR, ENODEV,
-                    "%s: not bound to vfio-pci (%s%s); see layerfs-virtio(7) for binding it",
-                    s->what, drv ? "bound to " : "bound to no driver",
-                    drv ? (strrchr(drv, '/') ? strrchr(drv, '/') + 1 : drv) : "");
-        return -1;
-    }
-    grp = g_file_read_link(grp_link, NULL);
-    if (!grp) {
-        g_set_error(errp, BC_ERROR, ENODEV, "%s: no IOMMU group (is the IOMMU enabled?)",
-                    s->what);
-        return -1;
-    }
-    return atoi(strrchr(grp, '/') ? strrchr(grp, '/') + 1 : grp);
-}
-
-static bool open_container(struct vf_state *s, int group_id, const char *addr, GError **errp)
-{
-    char path[64];
-    struct vfio_group_status gs = { .argsz = sizeof(gs) };
-
-    s->container = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
-    if (s->container < 0) {
-        g_set_error(errp, BC_ERROR, errno, "%s: /dev/vfio/vfio: %s", s->what, g_strerror(errno));
-        return false;
-    }
-    if (ioctl(s->container, VFIO_GET_API_VERSION) != VFIO_API_VERSION ||
-        !ioctl(s->container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU)) {
-        g_set_error(errp, BC_ERROR, ENOTSUP, "%s: the kernel's VFIO lacks the type1v2 IOMMU",
-                    s->what);
-        return false;
-    }
-    snprintf(path, sizeof(path), "/dev/vfio/%d", group_id);
-    s->group = open(path, O_RDWR | O_CLOEXEC);
-    if (s->group < 0) {
-        g_set_error(errp, BC_ERROR, errno, "%s: %s: %s", s->what, path, g_strerror(errno));
-        return false;
-    }
-    if (ioctl(s->group, VFIO_GROUP_GET_STATUS, &gs) < 0 ||
-        !(gs.flags & VFIO_GROUP_FLAGS_VIABLE)) {
-        g_set_error(errp, BC_ERROR, EBUSY,
-                    "%s: IOMMU group %d is not viable: bind every device in "
-                    "/sys/kernel/iommu_groups/%d/devices to vfio-pci", s->what, group_id,
-                    group_id);
-        return false;
-    }
-    if (ioctl(s->group, VFIO_GROUP_SET_CONTAINER, &s->container) < 0 ||
-        ioctl(s->container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) < 0) {
-        g_set_error(errp, BC_ERROR, errno, "%s: setting up the IOMMU container: %s", s->what,
-                    g_strerror(errno));
-        return false;
-    }
-    s->device = ioctl(s->group, VFIO_GROUP_GET_DEVICE_FD, addr);
-    if (s->device < 0) {
-        g_set_error(errp, BC_ERROR, errno, "%s: opening the device: %s", s->what,
-                    g_strerror(errno));
-        return false;
-    }
-    return true;
-}
-
-/* Pick an IOVA for len bytes inside the usable ranges (default: from 1 MiB). */
-static bool pick_iova(struct vf_state *s, size_t len, GError **errp)
-{
-    struct vfio_iommu_type1_info probe = { .argsz = sizeof(probe) };
-    g_autofree uint8_t *buf = NULL;
-    uint64_t lo = 1u << 20;
-
-    if (ioctl(s->container, VFIO_IOMMU_GET_INFO, &probe) < 0) {
-        g_set_error(errp, BC_ERROR, errno, "%s: IOMMU info: %s", s->what, g_strerror(errno));
-        return false;
-    }
-    s->iova = lo;
-    if (!(probe.flags & VFIO_IOMMU_INFO_CAPS) || probe.argsz <= sizeof(probe))
-        return true;
-    buf = g_malloc0(probe.argsz);
-    struct vfio_iommu_type1_info *info = (void *)buf;
-    info->argsz = probe.argsz;
-    if (ioctl(s->container, VFIO_IOMMU_GET_INFO, info) < 0 || !info->cap_offset)
-        return true;
-    /* The kernel packs capabilities without regard to alignment: copy fields out. */
-    for (uint32_t off = info->cap_offset, hops = 0;
-         off && off + sizeof(struct vfio_info_cap_header) <= info->argsz && hops < 64; hops++) {
-        struct vfio_info_cap_header h;
-        memcpy(&h, buf + off, sizeof(h));
-        if (h.id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE) {
-            struct vfio_iommu_type1_info_cap_iova_range r;
-            size_t at = off + sizeof(r);
-            if (off + sizeof(r) > info->argsz)
-                break;
-            memcpy(&r, buf + off, sizeof(r));
-            for (uint32_t i = 0; i < r.nr_iovas && at + sizeof(struct vfio_iova_range) <=
-                                                     info->argsz; i++, at += sizeof(struct vfio_iova_range)) {
-                struct vfio_iova_range range;
-                memcpy(&range, buf + at, sizeof(range));
-                uint64_t start = MAX(range.start, lo);
-                start = (start + (2u << 20) - 1) & ~(uint64_t)((2u << 20) - 1);
-                if (start <= range.end && range.end - start + 1 >= len) {
-                    s->iova = start;
-                    return true;
-                }
-            }
-            g_set_error(errp, BC_ERROR, ENOSPC, "%s: no usable IOVA range for %zu bytes",
-                        s->what, len);
-            return false;
-        }
-        off = h.next;
-    }
-    return true;
-}
-
-/* Walk the capability list for the virtio structures; map their BARs. */
+/* Find the virtio structures among the vendor capabilities; map their BARs. */
 static bool find_caps(struct vf_state *s, GError **errp)
 {
     struct vf_cap *caps[] = { NULL, &s->common, &s->notify, &s->isr, &s->devcfg };
-    unsigned guard = 0;
+    uint32_t pos[48];
+    unsigned n = vf_find_caps(&s->dev, PCI_CAP_ID_VNDR, pos, G_N_ELEMENTS(pos));
 
     s->common.bar = s->notify.bar = s->isr.bar = s->devcfg.bar = -1;
-    if (!(cfg_read(s, PCI_STATUS, 2) & PCI_STATUS_CAP_LIST))
-        goto missing;
-    for (uint32_t p = cfg_read(s, PCI_CAPABILITY_LIST, 1) & ~3u; p && guard < 48;
-         p = cfg_read(s, p + 1, 1) & ~3u, guard++) {
-        if (cfg_read(s, p, 1) != PCI_CAP_ID_VNDR)
-            continue;
-        uint32_t type = cfg_read(s, p + VIRTIO_PCI_CAP_CFG_TYPE, 1);
-        uint32_t bar = cfg_read(s, p + VIRTIO_PCI_CAP_BAR, 1);
+    for (unsigned k = 0; k < n; k++) {
+        uint32_t p = pos[k];
+        uint32_t type = vf_cfg_read(&s->dev, p + VIRTIO_PCI_CAP_CFG_TYPE, 1);
+        uint32_t bar = vf_cfg_read(&s->dev, p + VIRTIO_PCI_CAP_BAR, 1);
         if (type < 1 || type > 4 || bar > 5 || caps[type]->bar >= 0)
             continue;   /* the first of each type is the preferred one */
         caps[type]->bar = (int)bar;
-        caps[type]->off = cfg_read(s, p + VIRTIO_PCI_CAP_OFFSET, 4);
-        caps[type]->len = cfg_read(s, p + VIRTIO_PCI_CAP_LENGTH, 4);
+        caps[type]->off = vf_cfg_read(&s->dev, p + VIRTIO_PCI_CAP_OFFSET, 4);
+        caps[type]->len = vf_cfg_read(&s->dev, p + VIRTIO_PCI_CAP_LENGTH, 4);
         if (type == VIRTIO_PCI_CAP_NOTIFY_CFG)
-            s->notify_mult = cfg_read(s, p + sizeof(struct virtio_pci_cap), 4);
+            s->notify_mult = vf_cfg_read(&s->dev, p + sizeof(struct virtio_pci_cap), 4);
     }
     if (s->common.bar < 0 || s->notify.bar < 0 || s->devcfg.bar < 0)
         goto missing;
 
     for (int i = 1; i <= 4; i++) {
         int b = caps[i]->bar;
-        struct vfio_region_info ri = { .argsz = sizeof(ri), .index = (uint32_t)b };
-        if (b < 0 || s->bar[b].size)
+        if (b < 0 || s->dev.bar[b].size)
             continue;
-        if (ioctl(s->device, VFIO_DEVICE_GET_REGION_INFO, &ri) < 0 || !ri.size) {
-            g_set_error(errp, BC_ERROR, EIO, "%s: BAR %d: %s", s->what, b, g_strerror(errno));
+        if (!vf_map_bar(&s->dev, b, errp))
             return false;
-        }
-        s->bar[b].size = ri.size;
-        s->bar[b].off = ri.offset;
-        if (ri.flags & VFIO_REGION_INFO_FLAG_MMAP) {
-            void *m = mmap(NULL, ri.size, PROT_READ | PROT_WRITE, MAP_SHARED, s->device,
-                           (off_t)ri.offset);
-            s->bar[b].map = m == MAP_FAILED ? NULL : m;
-        }
-        if (caps[i]->off + caps[i]->len > ri.size) {
+        if (caps[i]->off + caps[i]->len > s->dev.bar[b].size) {
             g_set_error(errp, BC_ERROR, EIO, "%s: virtio capability outside BAR %d", s->what,
                         b);
             return false;
@@ -443,7 +205,7 @@ static bool vf_read_config(void *t, uint8_t *raw, GError **errp)
     for (int tries = 0; tries < 100; tries++) {
         uint32_t gen = COMMON_R(s, CFGGENERATION, 1);
         for (size_t i = 0; i < n; i++)
-            raw[i] = (uint8_t)cap_read(s, &s->devcfg, i, 1);
+            raw[i] = (uint8_t)vf_cap_read(&s->dev, &s->devcfg, i, 1);
         if (COMMON_R(s, CFGGENERATION, 1) == gen)
             return true;
     }
@@ -455,13 +217,13 @@ static bool vf_read_config(void *t, uint8_t *raw, GError **errp)
 static bool vf_limit_queues(void *t, int64_t want, unsigned *queues, GError **errp)
 {
     struct vf_state *s = t;
-    struct vfio_irq_info ii = { .argsz = sizeof(ii), .index = VFIO_PCI_MSIX_IRQ_INDEX };
+    unsigned vectors = vf_msix_count(&s->dev);
 
-    if (ioctl(s->device, VFIO_DEVICE_GET_IRQ_INFO, &ii) < 0 || ii.count < 2) {
+    if (vectors < 2) {
         g_set_error(errp, BC_ERROR, ENOTSUP, "%s: the device has no usable MSI-X", s->what);
         return false;
     }
-    *queues = MIN(*queues, ii.count - 1);
+    *queues = MIN(*queues, vectors - 1);
     if (want > (int64_t)*queues) {
         g_set_error(errp, BC_ERROR, EINVAL, "%s: num-queues %lld: the device has MSI-X "
                     "vectors for only %u", s->what, (long long)want, *queues);
@@ -491,21 +253,14 @@ static bool vf_attach(void *t, struct bc_vblk *b, uint64_t features, GError **er
     (void)errp;
 
     for (unsigned i = 0; i < n; i++) {
-        struct vfio_iommu_type1_dma_map dm = {
-            .argsz = sizeof(dm),
-            .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
-            .vaddr = (uintptr_t)arenas[i].base,
-            .iova = iova,
-            .size = arenas[i].len,
-        };
-        if (ioctl(s->container, VFIO_IOMMU_MAP_DMA, &dm) < 0) {
+        int r = vf_dma_map(&s->dev, arenas[i].base, arenas[i].len, iova);
+        if (r < 0) {
             g_debug("%s: the IOMMU refused to map I/O buffer arena %u (%zu bytes): %s; data "
                     "outside the mapped ones is copied", s->what, i, arenas[i].len,
-                    g_strerror(errno));
+                    g_strerror(-r));
             return true;
         }
-        s->arenas[s->narenas] = arenas[i];
-        s->arena_iova[s->narenas++] = iova;
+        s->narenas++;
         bc_vblk_add_mem(b, &(struct bc_vmem){ .base = arenas[i].base, .len = arenas[i].len,
                                               .dev_base = iova });
         iova += arenas[i].len;
@@ -513,33 +268,15 @@ static bool vf_attach(void *t, struct bc_vblk *b, uint64_t features, GError **er
     return true;
 }
 
+/* Vector 0 to the config interrupt, vector i + 1 to queue i's call eventfd. */
 static bool setup_irqs(struct vf_state *s, GError **errp)
 {
-    struct vfio_irq_info ii = { .argsz = sizeof(ii), .index = VFIO_PCI_MSIX_IRQ_INDEX };
-    unsigned n = s->nq + 1;
+    int fds[VF_MAX_QUEUES + 1];
 
-    if (ioctl(s->device, VFIO_DEVICE_GET_IRQ_INFO, &ii) < 0 || ii.count < n) {
-        g_set_error(errp, BC_ERROR, ENOTSUP, "%s: the device has %u MSI-X vectors, %u needed",
-                    s->what, ii.count, n);
-        return false;
-    }
-    g_autofree struct vfio_irq_set *set = g_malloc0(sizeof(*set) + n * sizeof(int));
-    set->argsz = (uint32_t)(sizeof(*set) + n * sizeof(int));
-    set->flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
-    set->index = VFIO_PCI_MSIX_IRQ_INDEX;
-    set->start = 0;
-    set->count = n;
-    int *fds = (int *)set->data;
     fds[0] = s->cfg_fd;
     for (unsigned i = 0; i < s->nq; i++)
         fds[i + 1] = s->call_fd[i];
-    if (ioctl(s->device, VFIO_DEVICE_SET_IRQS, set) < 0) {
-        g_set_error(errp, BC_ERROR, errno, "%s: wiring MSI-X to eventfds: %s", s->what,
-                    g_strerror(errno));
-        return false;
-    }
-    s->irqs = true;
-    return true;
+    return vf_msix_wire(&s->dev, fds, s->nq + 1, errp);
 }
 
 static bool vf_set_queue(void *t, unsigned i, unsigned size, uint64_t desc, uint64_t avail,
@@ -592,18 +329,11 @@ static bool vf_alloc(void *t, unsigned nq, size_t len, struct bc_vmem *mem, GErr
     size_t all = s->mem_len;
     for (unsigned i = 0; i < narenas; i++)
         all += arenas[i].len;
-    s->arena_space = narenas && pick_iova(s, all, NULL);
-    if (!s->arena_space && !pick_iova(s, s->mem_len, errp))
+    s->arena_space = narenas && vf_pick_iova(&s->dev, all, &s->iova, NULL);
+    if (!s->arena_space && !vf_pick_iova(&s->dev, s->mem_len, &s->iova, errp))
         return false;
-    struct vfio_iommu_type1_dma_map dm = {
-        .argsz = sizeof(dm),
-        .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
-        .vaddr = (uintptr_t)s->mem,
-        .iova = s->iova,
-        .size = s->mem_len,
-    };
-    if (ioctl(s->container, VFIO_IOMMU_MAP_DMA, &dm) < 0) {
-        int e = errno;
+    int e = -vf_dma_map(&s->dev, s->mem, s->mem_len, s->iova);
+    if (e != 0) {
         struct rlimit rl = { 0 };
         getrlimit(RLIMIT_MEMLOCK, &rl);
         g_set_error(errp, BC_ERROR, e,
@@ -612,7 +342,6 @@ static bool vf_alloc(void *t, unsigned nq, size_t len, struct bc_vmem *mem, GErr
                     g_strerror(e), (unsigned long long)rl.rlim_cur);
         return false;
     }
-    s->dma_mapped = true;
     *mem = (struct bc_vmem){ .base = s->mem, .len = s->mem_len, .dev_base = s->iova };
 
     s->cfg_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -650,9 +379,9 @@ static void *vf_open(const struct bc_open_args *args, struct bc_props *props, GE
     uint32_t queue_size;
     int64_t want_queues;
     uint64_t dev_features;
-    int group_id;
 
-    s->container = s->group = s->device = s->cfg_fd = -1;
+    vf_dev_init(&s->dev);
+    s->cfg_fd = -1;
     for (unsigned i = 0; i < VF_MAX_QUEUES; i++)
         s->call_fd[i] = -1;
     s->common.bar = -1;
@@ -675,17 +404,10 @@ static void *vf_open(const struct bc_open_args *args, struct bc_props *props, GE
     if (!bc_opt_pow2(args, "queue-size", 4, 32768, 256, &queue_size, errp) ||
         !bc_opt_uint(args, "num-queues", VF_MAX_QUEUES, 0, &want_queues, errp))
         goto fail;
-    group_id = sysfs_group(s, addr, errp);
-    if (group_id < 0 || !open_container(s, group_id, addr, errp))
+    if (!vf_dev_open(&s->dev, s->what, addr, errp))
         goto fail;
-
-    struct vfio_region_info cr = { .argsz = sizeof(cr), .index = VFIO_PCI_CONFIG_REGION_INDEX };
-    if (ioctl(s->device, VFIO_DEVICE_GET_REGION_INFO, &cr) < 0) {
-        g_set_error(errp, BC_ERROR, errno, "%s: config space: %s", s->what, g_strerror(errno));
-        goto fail;
-    }
-    s->cfg_off = cr.offset;
-    uint32_t vendor = cfg_read(s, PCI_VENDOR_ID, 2), devid = cfg_read(s, PCI_DEVICE_ID, 2);
+    uint32_t vendor = vf_cfg_read(&s->dev, PCI_VENDOR_ID, 2);
+    uint32_t devid = vf_cfg_read(&s->dev, PCI_DEVICE_ID, 2);
     if (vendor != VF_VIRTIO_VENDOR || (devid != 0x1042 && devid != 0x1001)) {
         g_set_error(errp, BC_ERROR, ENODEV, "%s: %04x:%04x is not a virtio-blk device",
                     s->what, vendor, devid);
@@ -696,8 +418,7 @@ static void *vf_open(const struct bc_open_args *args, struct bc_props *props, GE
 
     /* Bus mastering on, then the virtio status handshake. */
     s->started = true;
-    cfg_write(s, PCI_COMMAND, cfg_read(s, PCI_COMMAND, 2) | PCI_COMMAND_MEMORY |
-                                  PCI_COMMAND_MASTER, 2);
+    vf_bus_master(&s->dev);
     if (!reset_device(s)) {
         g_set_error(errp, BC_ERROR, EIO, "%s: the device does not reset", s->what);
         goto fail;
@@ -737,7 +458,7 @@ static void *vf_open(const struct bc_open_args *args, struct bc_props *props, GE
     g_debug("%s: features %#" G_GINT64_MODIFIER "x, %u queues of %u, block size %u, "
             "IOVA %#" G_GINT64_MODIFIER "x, %u I/O buffer arenas mapped, BARs %s", s->what,
             vs.features, s->nq, vs.queue_size, props->req_align, s->iova, s->narenas,
-            s->bar[s->common.bar].map ? "mapped" : "via pread");
+            s->dev.bar[s->common.bar].map ? "mapped" : "via pread");
     return s;
 
 fail:
