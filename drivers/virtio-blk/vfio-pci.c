@@ -42,7 +42,6 @@
  */
 
 #define VF_MAX_QUEUES 64
-#define VF_PAGE 4096u
 #define VF_VIRTIO_VENDOR 0x1af4
 
 /* The region and every arena are DMA-mapped through one struct vf_dev. */

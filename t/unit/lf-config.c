@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* The configuration parser (layers/config.c): what the key file and the inline --disk form
+/* The configuration parser (layers/config*.c): what the key file and the inline --disk form
  * accept, what they reject, and that every message names FILE:GROUP:KEY. */
 #include <stdarg.h>
 #include <stdlib.h>
