@@ -348,9 +348,9 @@ int main(int argc, char **argv)
 {
     tu_init(&argc, &argv, 150);
     bc_bounce_set_budget(BUDGET);   /* process-wide: before any I/O */
-    g_test_add_func("/bounce/burst-within-budget", test_budget_burst);
-    g_test_add_func("/bounce/larger-than-budget", test_larger_than_budget);
-    g_test_add_func("/bounce/two-threads-one-budget", test_two_threads);
-    g_test_add_func("/bounce/threads-sharing-sectors", test_threads_sharing);
+    tu_add_isolated("/bounce/burst-within-budget", test_budget_burst);
+    tu_add_isolated("/bounce/larger-than-budget", test_larger_than_budget);
+    tu_add_isolated("/bounce/two-threads-one-budget", test_two_threads);
+    tu_add_isolated("/bounce/threads-sharing-sectors", test_threads_sharing);
     return g_test_run();
 }

@@ -127,7 +127,7 @@ static void test_exhaustion(void)
 #define NT 4
 #define ROUNDS 1500
 
-static guint32 seed;
+static guint32 seed;        /* set by test_threads() before its threads start */
 
 struct shared {
     GAsyncQueue *handoff;       /* buffers (with their fill byte and length) to free */
@@ -199,6 +199,7 @@ static void test_threads(void)
     GThread *t[NT];
     struct item *o;
 
+    seed = tu_seed(1035);
     bc_buf_pool_stats(&before);
     for (int i = 0; i < NT; i++)
         t[i] = g_thread_new("bufpool", thread_main, &sh);
@@ -222,12 +223,11 @@ static void test_threads(void)
 int main(int argc, char **argv)
 {
     tu_init(&argc, &argv, 120);
-    seed = tu_seed(1035);
     g_assert_true(bc_buf_pool_set_size(TOTAL));
     nreg = bc_buf_regions(reg, BC_BUF_MAX_REGIONS);
-    g_test_add_func("/bufpool/regions", test_regions);
-    g_test_add_func("/bufpool/basic", test_basic);
-    g_test_add_func("/bufpool/exhaustion", test_exhaustion);
-    g_test_add_func("/bufpool/threads", test_threads);
+    tu_add_isolated("/bufpool/regions", test_regions);
+    tu_add_isolated("/bufpool/basic", test_basic);
+    tu_add_isolated("/bufpool/exhaustion", test_exhaustion);
+    tu_add_isolated("/bufpool/threads", test_threads);
     return g_test_run();
 }

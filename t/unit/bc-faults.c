@@ -408,7 +408,7 @@ static void test_power_cut(void)
 int main(int argc, char **argv)
 {
     tu_init(&argc, &argv, 150);
-#define ADD(path, fn) g_test_add(path, struct fx, NULL, fx_setup, fn, fx_teardown)
+#define ADD(path, fn) tu_add_isolated_fixture(path, struct fx, NULL, fx_setup, fn, fx_teardown)
     ADD("/faults/rmw-read-eio", test_rmw_read_eio_head);
     ADD("/faults/keeps-serving", test_keeps_serving);
     ADD("/faults/concurrent-with-failure", test_concurrent_with_failure);
@@ -416,8 +416,8 @@ int main(int argc, char **argv)
     ADD("/faults/other-errno", test_other_errno);
     ADD("/faults/after-n", test_after_n);
     ADD("/faults/stress", test_stress);
-    g_test_add_func("/faults/rmw-tail-eio-multichunk", test_rmw_tail_eio_multichunk);
-    g_test_add_func("/faults/open-keys", test_open_keys);
-    g_test_add_func("/faults/power-cut", test_power_cut);
+    tu_add_isolated("/faults/rmw-tail-eio-multichunk", test_rmw_tail_eio_multichunk);
+    tu_add_isolated("/faults/open-keys", test_open_keys);
+    tu_add_isolated("/faults/power-cut", test_power_cut);
     return g_test_run();
 }

@@ -556,8 +556,10 @@ int main(int argc, char **argv)
     tu_init(&argc, &argv, 150);
     signal(SIGABRT, remove_shm_file);
     signal(SIGTRAP, remove_shm_file);
-    /* The wrapper makes the directory (and cleans up loop devices on its images). */
+    /* The wrapper makes the directory (and cleans up loop devices on its images); the
+     * process that runs one case (tu_add_isolated) uses its parent's. */
     const char *given = g_getenv("LAYERFS_1050_SCRATCH");
+    const bool parent = !g_test_subprocess();
     bool have_dir;
     if (given && *given) {
         scratch_dir = g_strdup(given);
@@ -570,27 +572,29 @@ int main(int argc, char **argv)
         printf("1..0 # SKIP cannot create a directory under /var/tmp: %s\n", g_strerror(errno));
         return 0;
     }
-    if (!odirect_works(scratch_dir, &why)) {
+    if (parent && !odirect_works(scratch_dir, &why)) {
         printf("1..0 # SKIP %s\n", why);
         rmdir(scratch_dir);
         return 0;
     }
+    if (parent)     /* before any thread */
+        g_setenv("LAYERFS_1050_SCRATCH", scratch_dir, TRUE);
     struct statfs sfs;
     scratch_on_tmpfs = statfs(scratch_dir, &sfs) == 0 && sfs.f_type == TMPFS_MAGIC;
-    if (scratch_on_tmpfs)
+    if (scratch_on_tmpfs && parent)
         printf("# %s is on tmpfs: the \"ext4\" cases run buffered\n", scratch_dir);
     for (size_t i = 0; i < G_N_ELEMENTS(cfgs); i++) {
         g_autofree char *path = g_strdup_printf("/file/%s", cfgs[i].name);
-        g_test_add_data_func(path, &cfgs[i], test_regular);
+        tu_add_isolated_data(path, &cfgs[i], test_regular);
     }
-    g_test_add_func("/file/many-iovecs", test_many_iovecs);
-    g_test_add_func("/file/tail-race", test_tail_race);
+    tu_add_isolated("/file/many-iovecs", test_many_iovecs);
+    tu_add_isolated("/file/tail-race", test_tail_race);
     for (size_t i = 0; i < G_N_ELEMENTS(loops); i++) {
         g_autofree char *path = g_strdup_printf("/file/%s", loops[i].name);
-        g_test_add_data_func(path, &loops[i], test_loopdev);
+        tu_add_isolated_data(path, &loops[i], test_loopdev);
     }
     int rc = g_test_run();
-    if (rmdir(scratch_dir) != 0)    /* what a failed case left there is kept */
+    if (parent && rmdir(scratch_dir) != 0)     /* what a failed case left there is kept */
         printf("# scratch directory kept: %s\n", scratch_dir);
     return rc;
 }

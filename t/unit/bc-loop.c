@@ -712,20 +712,20 @@ static void test_loop_per_thread(void)
 int main(int argc, char **argv)
 {
     tu_init(&argc, &argv, 60);
-    g_test_add_func("/loop/new-current", test_new_current);
-    g_test_add_func("/loop/defer-order", test_defer_order);
-    g_test_add_func("/loop/run-once-after-defer", test_run_once_after_defer);
-    g_test_add_func("/loop/defer-self", test_defer_self);
-    g_test_add_func("/loop/post-wakes-blocked", test_post_wakes_blocked);
-    g_test_add_func("/loop/post-many-threads", test_post_many);
-    g_test_add_func("/loop/run-stop-from-task", test_run_stop_from_task);
-    g_test_add_func("/loop/run-stop-from-thread", test_run_stop_from_thread);
-    g_test_add_func("/loop/stop-before-run", test_stop_before_run);
-    g_test_add_func("/loop/wake", test_wake);
-    g_test_add_func("/loop/sqe-nop", test_sqe_nop);
-    g_test_add_func("/loop/sqe-full", test_sqe_full);
-    g_test_add_func("/loop/sqe-full-busy", test_sqe_full_busy);
-    g_test_add_func("/loop/watch-fd", test_watch_fd);
-    g_test_add_func("/loop/per-thread", test_loop_per_thread);
+    tu_add_isolated("/loop/new-current", test_new_current);
+    tu_add_isolated("/loop/defer-order", test_defer_order);
+    tu_add_isolated("/loop/run-once-after-defer", test_run_once_after_defer);
+    tu_add_isolated("/loop/defer-self", test_defer_self);
+    tu_add_isolated("/loop/post-wakes-blocked", test_post_wakes_blocked);
+    tu_add_isolated("/loop/post-many-threads", test_post_many);
+    tu_add_isolated("/loop/run-stop-from-task", test_run_stop_from_task);
+    tu_add_isolated("/loop/run-stop-from-thread", test_run_stop_from_thread);
+    tu_add_isolated("/loop/stop-before-run", test_stop_before_run);
+    tu_add_isolated("/loop/wake", test_wake);
+    tu_add_isolated("/loop/sqe-nop", test_sqe_nop);
+    tu_add_isolated("/loop/sqe-full", test_sqe_full);
+    tu_add_isolated("/loop/sqe-full-busy", test_sqe_full_busy);
+    tu_add_isolated("/loop/watch-fd", test_watch_fd);
+    tu_add_isolated("/loop/per-thread", test_loop_per_thread);
     return g_test_run();
 }

@@ -888,16 +888,16 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < G_N_ELEMENTS(cfgs); i++) {
         g_autofree char *p1 = g_strdup_printf("/model/edge/%s", cfgs[i].name);
         g_autofree char *p2 = g_strdup_printf("/model/random/%s", cfgs[i].name);
-        g_test_add_data_func(p1, &cfgs[i], edge_run);
-        g_test_add_data_func(p2, &cfgs[i], model_run);
+        tu_add_isolated_data(p1, &cfgs[i], edge_run);
+        tu_add_isolated_data(p2, &cfgs[i], model_run);
     }
-    g_test_add_func("/model/null-driver", test_null);
-    g_test_add_func("/model/offset-overflow", test_offset_overflow);
-    g_test_add_func("/model/fua", test_fua);
-    g_test_add_func("/model/direct-split", test_direct_split);
-    g_test_add_func("/helpers/iov", test_iov_helpers);
-    g_test_add_func("/helpers/iov-slice", test_iov_slice_cases);
-    g_test_add_func("/helpers/iov-slice-random", test_iov_slice_random);
-    g_test_add_func("/helpers/parse-size", test_parse_size);
+    tu_add_isolated("/model/null-driver", test_null);
+    tu_add_isolated("/model/offset-overflow", test_offset_overflow);
+    tu_add_isolated("/model/fua", test_fua);
+    tu_add_isolated("/model/direct-split", test_direct_split);
+    tu_add_isolated("/helpers/iov", test_iov_helpers);
+    tu_add_isolated("/helpers/iov-slice", test_iov_slice_cases);
+    tu_add_isolated("/helpers/iov-slice-random", test_iov_slice_random);
+    tu_add_isolated("/helpers/parse-size", test_parse_size);
     return g_test_run();
 }

@@ -139,9 +139,9 @@ static void test_model(void)
 int main(int argc, char **argv)
 {
     tu_init(&argc, &argv, 60);
-    g_test_add_func("/pagemap/first-fit", test_first_fit);
-    g_test_add_func("/pagemap/fifo", test_fifo);
-    g_test_add_func("/pagemap/drain", test_drain);
-    g_test_add_func("/pagemap/model", test_model);
+    tu_add_isolated("/pagemap/first-fit", test_first_fit);
+    tu_add_isolated("/pagemap/fifo", test_fifo);
+    tu_add_isolated("/pagemap/drain", test_drain);
+    tu_add_isolated("/pagemap/model", test_model);
     return g_test_run();
 }

@@ -4,6 +4,7 @@
 #include <glib.h>
 
 #include "fuse/front.h"
+#include "t/unit/test-util.h"
 
 static void test_minors(void)
 {
@@ -27,7 +28,7 @@ static void test_minors(void)
 
 int main(int argc, char **argv)
 {
-    g_test_init(&argc, &argv, NULL);
-    g_test_add_func("/fuse/open-raw-minors", test_minors);
+    tu_test_init(&argc, &argv);
+    tu_add_isolated("/fuse/open-raw-minors", test_minors);
     return g_test_run();
 }

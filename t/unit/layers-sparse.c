@@ -211,7 +211,7 @@ static void test_same_range_fifo(void)
 int main(int argc, char **argv)
 {
     tu_init(&argc, &argv, 60);
-    g_test_add_func("/layers/sparse/range-lock/no-overtaking", test_no_overtaking);
-    g_test_add_func("/layers/sparse/range-lock/same-range-fifo", test_same_range_fifo);
+    tu_add_isolated("/layers/sparse/range-lock/no-overtaking", test_no_overtaking);
+    tu_add_isolated("/layers/sparse/range-lock/same-range-fifo", test_same_range_fifo);
     return g_test_run();
 }

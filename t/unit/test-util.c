@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <liburing.h>
@@ -25,22 +26,64 @@ static void tu_watchdog(int sig)
     _exit(1);
 }
 
+/* How the subprocess running an isolated case tells the parent that the case skipped
+ * (g_test_trap_has_passed() says only whether it passed): it writes "skip:" and the reason
+ * to the file this variable names, which the parent reads after the case. */
+#define TU_SKIP_ENV "LAYERFS_TU_SKIP_FILE"
+static char *tu_skip_file;      /* the parent's; set up by tu_test_init() */
+
+/* In the subprocess: note a skip from the case's TAP result line "ok 1 /path # SKIP why". */
+static void tu_child_note_skip(const char *line)
+{
+    const char *skip = strstr(line, " # SKIP");
+    const char *file = g_getenv(TU_SKIP_ENV);
+
+    if (!g_str_has_prefix(line, "ok ") || !skip || !file)
+        return;
+    g_autofree char *why = g_strconcat("skip:", skip + strlen(" # SKIP"), NULL);
+    if (!g_file_set_contents(file, why, -1, NULL))
+        g_printerr("# cannot write %s: the skipped case will show as passed\n", file);
+}
+
 /* In the subprocess running one isolated case (GLib runs it with -q, which we turn into
  * --tap): pass on its TAP comments, but neither its plan and result lines (the parent
- * prints the case's own) nor GLib's bookkeeping comments.  Flushed at once: a failed
- * assertion aborts. */
+ * prints the case's own) nor GLib's bookkeeping comments.  GLib may print a line in
+ * pieces (the result, then its "# SKIP"): whole lines are handled, each as soon as it is
+ * complete, and flushed at once, since a failed assertion aborts. */
 static void tu_child_print(const gchar *s)
 {
-    static const char *const skip[] = { "# Start of ", "# End of ", "# random seed", NULL };
-    g_auto(GStrv) lines = g_strsplit(s, "\n", -1);
+    static const char *const drop[] = { "# Start of ", "# End of ", "# random seed", NULL };
+    static GMutex lock;         /* protects line: a case's threads print too */
+    static GString *line;       /* the unfinished line */
+    const char *nl;
 
-    for (int i = 0; lines[i] != NULL; i++) {
-        bool pass = g_str_has_prefix(lines[i], "# ");
-        for (int k = 0; pass && skip[k] != NULL; k++)
-            pass = !g_str_has_prefix(lines[i], skip[k]);
+    g_mutex_lock(&lock);
+    if (!line)
+        line = g_string_new(NULL);
+    while ((nl = strchr(s, '\n')) != NULL) {
+        g_string_append_len(line, s, nl - s);
+        s = nl + 1;
+        bool pass = g_str_has_prefix(line->str, "# ");
+        for (int k = 0; pass && drop[k] != NULL; k++)
+            pass = !g_str_has_prefix(line->str, drop[k]);
         if (pass)
-            printf("%s\n", lines[i]);
+            printf("%s\n", line->str);
+        tu_child_note_skip(line->str);
+        g_string_truncate(line, 0);
     }
+    g_string_append(line, s);
+    fflush(stdout);
+    g_mutex_unlock(&lock);
+}
+
+/* In the parent: GLib's "Bail out!" for a failed assertion outside any case (in main, say)
+ * would stop prove's whole run; make it a comment, so that only this program fails (by its
+ * exit status and the missing results).  GLib prints it with one g_print(). */
+static void tu_parent_print(const gchar *s)
+{
+    if (g_str_has_prefix(s, "Bail out!"))
+        fputs("# ", stdout);
+    fputs(s, stdout);
     fflush(stdout);
 }
 
@@ -61,36 +104,56 @@ void tu_test_init(int *argc, char ***argv)
         *argc = n;
         *argv = av;     /* for the life of the process */
         g_set_print_handler(tu_child_print);
+        /* A parent ended by its watchdog takes the hung case with it: else the case would
+         * hold prove's pipe open until its own watchdog fires. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+    } else {
+        g_set_print_handler(tu_parent_print);
+        /* Before any thread: the subprocesses inherit the environment. */
+        tu_skip_file = g_strdup_printf("%s/layerfs-tu-skip-%d", g_get_tmp_dir(), (int)getpid());
+        g_setenv(TU_SKIP_ENV, tu_skip_file, TRUE);
     }
     g_test_init(argc, argv, NULL);
 }
 
-struct tu_case {
-    GTestFunc fn;
-};
-
-static void tu_isolated(gconstpointer data)
+/* The parent's side of an isolated case: run it again in a subprocess, pass on how it went. */
+static void tu_run_isolated(void)
 {
-    const struct tu_case *c = data;
+    g_autofree char *note = NULL;
 
-    if (g_test_subprocess()) {
-        c->fn();
-        return;
-    }
+    unlink(tu_skip_file);
     g_test_trap_subprocess(NULL, 0,
                            G_TEST_SUBPROCESS_INHERIT_STDOUT | G_TEST_SUBPROCESS_INHERIT_STDERR);
+    if (g_file_get_contents(tu_skip_file, &note, NULL, NULL))
+        unlink(tu_skip_file);
     if (!g_test_trap_has_passed()) {
         g_test_message("the case failed in its own process (its messages are above)");
         g_test_fail();
+    } else if (note && g_str_has_prefix(note, "skip:")) {
+        char *why = g_strstrip(note + strlen("skip:"));
+        g_test_skip(*why ? why : NULL);
     }
+}
+
+bool tu_isolate(const char *path)
+{
+    if (g_test_subprocess())
+        return true;
+    g_assert_nonnull(tu_skip_file);     /* tu_test_init() came first */
+    g_test_add_func(path, tu_run_isolated);
+    return false;
 }
 
 void tu_add_isolated(const char *path, GTestFunc fn)
 {
-    struct tu_case *c = g_new0(struct tu_case, 1);
+    if (tu_isolate(path))
+        g_test_add_func(path, fn);
+}
 
-    c->fn = fn;
-    g_test_add_data_func_full(path, c, tu_isolated, g_free);
+void tu_add_isolated_data(const char *path, gconstpointer data, GTestDataFunc fn)
+{
+    if (tu_isolate(path))
+        g_test_add_data_func(path, data, fn);
 }
 
 void tu_init(int *argc, char ***argv, unsigned watchdog_s)

@@ -16,12 +16,24 @@
 #include "drivers/drivers.h"
 
 /* g_test_init() for programs that register cases with tu_add_isolated(): in the
- * subprocess that runs one case, the case's TAP comments still reach the parent's output. */
+ * subprocess that runs one case, the case's TAP comments still reach the parent's output;
+ * a failure outside any case prints no "Bail out!", which would stop prove's whole run. */
 void tu_test_init(int *argc, char ***argv);
 /* g_test_add_func(), but the case runs in a subprocess of its own, so that a failed
  * assertion or a crash makes only this case "not ok" (run the program with --keep-going
- * and the other cases still run). */
+ * and the other cases still run); a g_test_skip() there skips the case. */
 void tu_add_isolated(const char *path, GTestFunc fn);
+/* g_test_add_data_func() with the case in a subprocess of its own, as tu_add_isolated(). */
+void tu_add_isolated_data(const char *path, gconstpointer data, GTestDataFunc fn);
+/* g_test_add() (a fresh fixture around the case) in a subprocess of its own, likewise. */
+#define tu_add_isolated_fixture(path, Fixture, tdata, fsetup, ftest, fteardown)          \
+    G_STMT_START {                                                                      \
+        if (tu_isolate(path))                                                           \
+            g_test_add(path, Fixture, tdata, fsetup, ftest, fteardown);                 \
+    } G_STMT_END
+/* For tu_add_isolated*(): false after registering path as a case that runs it again in a
+ * subprocess; true in that subprocess, where the caller registers the real case at path. */
+bool tu_isolate(const char *path);
 /* tu_test_init() plus: warnings are not fatal (drivers log fallbacks), a watchdog that
  * ends the program after watchdog_s seconds instead of hanging CI. */
 void tu_init(int *argc, char ***argv, unsigned watchdog_s);
