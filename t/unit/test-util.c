@@ -30,7 +30,14 @@ static void tu_watchdog(int sig)
  * (g_test_trap_has_passed() says only whether it passed): it writes "skip:" and the reason
  * to the file this variable names, which the parent reads after the case. */
 #define TU_SKIP_ENV "LAYERFS_TU_SKIP_FILE"
+static char *tu_skip_dir;       /* the parent's private (0700) directory for it */
 static char *tu_skip_file;      /* the parent's; set up by tu_test_init() */
+
+static void tu_skip_cleanup(void)
+{
+    unlink(tu_skip_file);
+    rmdir(tu_skip_dir);
+}
 
 /* In the subprocess: note a skip from the case's TAP result line "ok 1 /path # SKIP why". */
 static void tu_child_note_skip(const char *line)
@@ -110,7 +117,11 @@ void tu_test_init(int *argc, char ***argv)
     } else {
         g_set_print_handler(tu_parent_print);
         /* Before any thread: the subprocesses inherit the environment. */
-        tu_skip_file = g_strdup_printf("%s/layerfs-tu-skip-%d", g_get_tmp_dir(), (int)getpid());
+        tu_skip_dir = g_dir_make_tmp("layerfs-tu-XXXXXX", NULL);
+        if (tu_skip_dir == NULL)
+            g_error("cannot make a directory in %s", g_get_tmp_dir());
+        tu_skip_file = g_build_filename(tu_skip_dir, "skip", NULL);
+        atexit(tu_skip_cleanup);
         g_setenv(TU_SKIP_ENV, tu_skip_file, TRUE);
     }
     g_test_init(argc, argv, NULL);
