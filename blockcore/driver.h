@@ -50,12 +50,24 @@ struct bc_dreq {
     uint64_t drv_scratch[4];/* free for the driver's use */
 };
 
+/* A lock on what a driver opens, so that one writer (or any number of readers) holds an
+ * image across processes and devices. */
+enum bc_lock {
+    BC_LOCK_NONE,
+    BC_LOCK_SHARED,
+    BC_LOCK_EXCLUSIVE,
+};
+
 /* How a device is opened: the parsed layer configuration. */
 struct bc_open_args {
     const char *what;       /* for messages, e.g. "layer base" */
     const char *path;       /* may be NULL for drivers that need none */
     bool read_only;
     bool direct;            /* O_DIRECT where the driver has a choice */
+    /* Drivers over a file lock the very file they opened (flock, non-blocking) and fail the
+     * open with error code EWOULDBLOCK when another holder conflicts; drivers whose device
+     * admits one user by nature (virtio-blk) have nothing more to lock. */
+    enum bc_lock lock;
     GHashTable *opts;       /* char* -> char*: driver-specific keys, may be NULL */
 };
 

@@ -299,6 +299,8 @@ static struct bc_fault_cache *bc_fault_cache_new(const struct bc_open_args *args
                     g_strerror(errno));
         goto fail;
     }
+    if (!bc_drv_lock_fd(args, c->fd, errp))
+        goto fail;
     if (!bc_opt_uint(args, "fault-writeback", 100, 0, &wb, errp) ||
         !bc_opt_uint(args, "fault-seed", UINT32_MAX, 1, &seed, errp) ||
         !bc_opt_uint(args, "fault-power-cut", INT64_MAX, -1, &cut, errp))

@@ -474,6 +474,8 @@ static void *bc_file_open(const struct bc_open_args *args, struct bc_props *prop
         bc_file_close(f);
         goto bad_type;
     }
+    if (!bc_drv_lock_fd(args, f->fd, errp))
+        goto fail;
     f->blockdev = S_ISBLK(st.st_mode);
     f->read_only = ro;
     f->size = (uint64_t)st.st_size;

@@ -4,12 +4,30 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 
 #include "drivers/util.h"
 
 const char *bc_what(const struct bc_open_args *args)
 {
     return args->what ? args->what : "device";
+}
+
+bool bc_drv_lock_fd(const struct bc_open_args *args, int fd, GError **errp)
+{
+    if (args->lock == BC_LOCK_NONE)
+        return true;
+    int op = (args->lock == BC_LOCK_SHARED ? LOCK_SH : LOCK_EX) | LOCK_NB;
+    while (flock(fd, op) < 0) {
+        int e = errno;
+        if (e == EINTR)
+            continue;
+        g_set_error(errp, BC_ERROR, e == EAGAIN ? EWOULDBLOCK : e, "%s: %s: %s", bc_what(args),
+                    args->path, e == EWOULDBLOCK ? "in use (locked by another process or disk)"
+                                                 : g_strerror(e));
+        return false;
+    }
+    return true;
 }
 
 const char *bc_opt(const struct bc_open_args *args, const char *key)

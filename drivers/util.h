@@ -20,6 +20,9 @@ bool bc_opt_uint(const struct bc_open_args *args, const char *key, uint64_t max,
 /* Parse key as an errno name ("EIO", "ENOSPC") or a positive number; *out = def when absent. */
 bool bc_opt_errno(const struct bc_open_args *args, const char *key, int def, int *out,
                   GError **errp);
+/* Take the lock args->lock asks for on fd, the file args->path was opened as; false with
+ * *errp (code EWOULDBLOCK if another holder conflicts, else the errno) on failure. */
+bool bc_drv_lock_fd(const struct bc_open_args *args, int fd, GError **errp);
 /* The prefix for messages about args: args->what, or "device". */
 const char *bc_what(const struct bc_open_args *args);
 

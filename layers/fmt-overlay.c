@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include "layers/overlay.h"
@@ -92,23 +91,25 @@ bool ovl_file_open(struct ovl_file *f, const char *path, const struct lf_layer_c
     int r;
 
     memset(f, 0, sizeof(*f));
-    f->lock_fd = -1;
     c.path = (char *)path;
     f->path = g_strdup(path);
-    if (!(flags & OVL_OPEN_NO_LOCK)) {
-        /* One writer or any number of readers, across processes and disks. */
-        f->lock_fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (f->lock_fd >= 0 && flock(f->lock_fd, (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) < 0) {
-            int e = errno;
-            g_set_error(errp, LF_ERROR, e, "%s: %s", path, e == EWOULDBLOCK
-                        ? "the overlay is in use (locked by another process or disk)"
-                        : g_strerror(e));
-            goto fail;
+    /* One writer or any number of readers, across processes and disks: the driver locks
+     * the very file it opened, whatever path (symlink, hard link, bind mount) led to it,
+     * and the open fails when it cannot. */
+    enum bc_lock lock = flags & OVL_OPEN_NO_LOCK ? BC_LOCK_NONE
+                        : read_only ? BC_LOCK_SHARED : BC_LOCK_EXCLUSIVE;
+    GError *err = NULL;
+    f->dev = layer_open_dev(&c, read_only, direct, lock, &err);
+    if (f->dev == NULL) {
+        if (g_error_matches(err, BC_ERROR, EWOULDBLOCK)) {
+            g_set_error(errp, LF_ERROR, EWOULDBLOCK, "%s: the overlay is in use (locked by "
+                        "another process or disk)", path);
+            g_error_free(err);
+        } else {
+            g_propagate_error(errp, err);
         }
-    }
-    f->dev = layer_open_dev(&c, read_only, direct, errp);
-    if (f->dev == NULL)
         goto fail;
+    }
     const struct bc_props *p = bc_dev_props(f->dev);
     f->read_only = p->read_only;
     f->file_size = p->size;
@@ -180,10 +181,7 @@ void ovl_file_close(struct ovl_file *f)
         bc_dev_close(f->dev);
     bc_buf_free(f->bitmap);
     g_free(f->path);
-    if (f->lock_fd >= 0)
-        close(f->lock_fd);
     memset(f, 0, sizeof(*f));
-    f->lock_fd = -1;
 }
 
 /* ---- the store: block data at data_off ---------------------------------------------- */

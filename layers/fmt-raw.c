@@ -12,7 +12,7 @@ static struct bc_dev *dev_of(struct layer *l)
 static bool raw_open(struct layer *l, const struct lf_layer_cfg *cfg, struct layer *below,
                      bool writable, GError **errp)
 {
-    struct bc_dev *dev = layer_open_dev(cfg, !writable, cfg->direct, errp);
+    struct bc_dev *dev = layer_open_dev(cfg, !writable, cfg->direct, BC_LOCK_NONE, errp);
     if (dev == NULL)
         return false;
     const struct bc_props *p = bc_dev_props(dev);

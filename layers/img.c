@@ -27,7 +27,7 @@ static struct bc_dev *open_raw(const char *path, bool read_only, bool direct, GE
     struct lf_layer_cfg c = { .name = (char *)path, .path = (char *)path,
                               .origin = (char *)path };
 
-    return layer_open_dev(&c, read_only, direct, errp);
+    return layer_open_dev(&c, read_only, direct, BC_LOCK_NONE, errp);
 }
 
 static uint64_t backing_size(const char *path, GError **errp)

@@ -35,7 +35,7 @@ void layer_complete_later(struct bc_loop *loop, bc_cb *cb, void *opaque, int res
 }
 
 struct bc_dev *layer_open_dev(const struct lf_layer_cfg *cfg, bool read_only, bool direct,
-                              GError **errp)
+                              enum bc_lock lock, GError **errp)
 {
     const char *dname = cfg->driver ? cfg->driver : LAYER_DEFAULT_DRIVER;
     const struct bc_driver *drv = bc_driver_find(dname);
@@ -53,6 +53,7 @@ struct bc_dev *layer_open_dev(const struct lf_layer_cfg *cfg, bool read_only, bo
         .path = cfg->path,
         .read_only = read_only,
         .direct = direct,
+        .lock = lock,
         .opts = cfg->driver_opts,
     };
     return bc_dev_open(drv, &args, errp);

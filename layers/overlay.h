@@ -14,7 +14,6 @@ struct ovl_file {
     struct ovl_hdr h;
     uint8_t *bitmap;        /* h.bitmap_len bytes (bc_buf_alloc) */
     bool read_only;
-    int lock_fd;            /* holds flock(): shared if read-only, else exclusive */
 };
 
 enum {
