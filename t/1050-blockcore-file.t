@@ -1,6 +1,7 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
-# blockcore file driver: O_DIRECT on ext4, tmpfs, read-only, loop devices.
+# blockcore file driver: O_DIRECT on ext4, tmpfs, read-only, loop devices; the logwrites
+# driver's log.
 # GTest program t/unit/bc-file.c; LAYERFS_TEST_SEED overrides its seeds.
 bin="${LAYERFS_BUILDDIR:-$(dirname "$0")/..}/t/bin/bc-file"
 # This run's scratch directory (on /var/tmp: it must be a disk file system), so that

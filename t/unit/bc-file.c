@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The file driver end to end: O_DIRECT on ext4 (/var/tmp) including a size that is not a
  * multiple of the alignment, tmpfs, read-only opens, and loop block devices with 512- and
- * 4096-byte sectors; random I/O against a model, then the file itself checked with pread. */
+ * 4096-byte sectors; random I/O against a model, then the file itself checked with pread.
+ * Also the logwrites driver (the file driver plus a log), and the log it writes. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -14,6 +15,7 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include "drivers/logwrites.h"
 #include "t/unit/test-util.h"
 
 static char *scratch_dir;       /* under /var/tmp, removed at the end if all passed */
@@ -538,6 +540,87 @@ static bool odirect_works(const char *dir, char **why)
     return ok;
 }
 
+static uint64_t lw_get(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* The logwrites driver logs the file's contents at open, then each request as it completes,
+ * in order: a FUA write as a write and a flush, a flush when issued and when done; it
+ * needs a log key and never reuses a log. */
+static void test_logwrites(void)
+{
+    g_autofree char *path = g_build_filename(scratch_dir, "logwrites-XXXXXX", NULL);
+    int fd = g_mkstemp(path);
+    g_autofree char *log = g_strdup_printf("%s.log", path);
+    uint8_t a[4096], b[4096];
+    struct bc_loop *loop = tu_loop_new();
+    g_autoptr(GError) err = NULL;
+
+    memset(a, 0xab, sizeof(a));
+    memset(b, 0x5a, sizeof(b));
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(ftruncate(fd, 65536), ==, 0);
+    g_assert_cmpint(pwrite(fd, a, sizeof(a), 0), ==, sizeof(a));
+    close(fd);
+    g_assert_null(tu_try_open(&bc_drv_logwrites, path, false, true, &err, NULL));
+    g_assert_nonnull(strstr(err->message, "log: a value is required"));
+    struct bc_dev *dev = tu_open(&bc_drv_logwrites, path, false, true, "log", log, NULL);
+    g_clear_error(&err);
+    g_assert_null(tu_try_open(&bc_drv_logwrites, path, false, true, &err, "log", log, NULL));
+    g_assert_nonnull(strstr(err->message, "cannot create"));
+
+    g_assert_cmpint(tu_pwrite(dev, loop, b, sizeof(b), 8192), ==, 0);
+    struct iovec v = { b, sizeof(b) };
+    g_assert_cmpint(tu_pwritev(dev, loop, &v, 1, 16384, BC_REQ_FUA), ==, 0);
+    g_assert_cmpint(tu_zero(dev, loop, 0, 4096, 0), ==, 0);
+    g_assert_cmpint(tu_discard(dev, loop, 32768, 4096), ==, 0);
+    g_assert_cmpint(tu_flush(dev, loop), ==, 0);
+    bc_dev_close(dev);
+    tu_loop_free(loop);
+
+    static const struct { enum lw_type type; uint64_t off, len; int fill; } want[] = {
+        { LW_INIT, 0, 65536, -1 },
+        { LW_WRITE, 8192, 4096, 0x5a },
+        { LW_WRITE, 16384, 4096, 0x5a },
+        { LW_FLUSH, 0, 0, -1 },
+        { LW_FLUSH_DONE, 4, 0, -1 },    /* offset: the seq of its LW_FLUSH */
+        { LW_ZERO, 0, 4096, -1 },
+        { LW_DISCARD, 32768, 4096, -1 },
+        { LW_FLUSH, 0, 0, -1 },
+        { LW_FLUSH_DONE, 8, 0, -1 },
+    };
+    g_autofree uint8_t *m = NULL;
+    gsize len = 0;
+    g_assert_true(g_file_get_contents(log, (gchar **)&m, &len, NULL));
+    g_assert_cmpuint(len, >=, LW_HDR_SIZE);
+    g_assert_cmpmem(m, 8, LW_MAGIC, 8);
+    g_assert_cmpuint(lw_get(m + 8, 4), ==, LW_VERSION);
+    g_assert_cmpuint(lw_get(m + 16, 8), ==, 65536);
+    uint64_t p = LW_HDR_SIZE;
+    for (size_t i = 0; i < G_N_ELEMENTS(want); i++) {
+        g_assert_cmpuint(p + LW_REC_SIZE, <=, len);
+        g_assert_cmpuint(lw_get(m + p, 4), ==, want[i].type);
+        g_assert_cmpuint(lw_get(m + p + 8, 8), ==, i + 1);
+        g_assert_cmpuint(lw_get(m + p + 16, 8), ==, want[i].off);
+        g_assert_cmpuint(lw_get(m + p + 24, 8), ==, want[i].len);
+        p += LW_REC_SIZE;
+        if (want[i].type == LW_INIT) {
+            g_assert_cmpmem(m + p, sizeof(a), a, sizeof(a));
+            p += want[i].len;
+        } else if (want[i].type == LW_WRITE) {
+            g_assert_cmpmem(m + p, sizeof(b), b, sizeof(b));
+            p += want[i].len;
+        }
+    }
+    g_assert_cmpuint(p, ==, len);
+    unlink(log);
+    unlink(path);
+}
+
 int main(int argc, char **argv)
 {
     static const struct file_cfg cfgs[] = {
@@ -589,6 +672,7 @@ int main(int argc, char **argv)
     }
     tu_add_isolated("/file/many-iovecs", test_many_iovecs);
     tu_add_isolated("/file/tail-race", test_tail_race);
+    tu_add_isolated("/file/logwrites", test_logwrites);
     for (size_t i = 0; i < G_N_ELEMENTS(loops); i++) {
         g_autofree char *path = g_strdup_printf("/file/%s", loops[i].name);
         tu_add_isolated_data(path, &loops[i], test_loopdev);

@@ -521,10 +521,11 @@ static bool pc_verify(struct pc *pc, uint32_t upto, uint64_t end_pos, GString *w
     if (nbad == 0)
         return true;
     uint32_t w = pc->wid[first] & ~PC_ZOK;
+    g_autofree char *by = w ? g_strdup_printf("operation %u", w - 1) : g_strdup("initial data");
     g_string_append_printf(why, "disk offset %" PRIu64 " reads 0x%02x (and %" PRIu64 " more "
-                           "bytes are wrong): acknowledged is 0x%02x (%s %u) and no operation "
+                           "bytes are wrong): acknowledged is 0x%02x (%s) and no operation "
                            "since wrote that there", first, pc->got[first], nbad - 1,
-                           pc->want[first], w ? "operation" : "initial data", w ? w - 1 : 0);
+                           pc->want[first], by);
     return false;
 }
 
