@@ -21,11 +21,14 @@
 # cannot create one is a lone layer over a file).  An offline check for it, if it has
 # one, is one line in pc_formats[] in t/unit/powercut.c.
 #
-# Environment: LAYERFS_TEST_SEED (base seed, default 2035), LAYERFS_POWERCUT_OPS
-# (operations per run, default 300), LAYERFS_POWERCUT_TRIALS (random subsets per state,
-# default 4), LAYERFS_POWERCUT_SIZE (disk size, default 4M), LAYERFS_POWERCUT_TEAR (the
-# unit a write may be torn in, default 4096; 0 = writes never tear).  A failure prints
-# the seed, the log record the power was cut after and the subset, and keeps the state.
+# Environment (bigger runs than CI's few seconds each): LAYERFS_TEST_SEED (base seed,
+# default 2035), LAYERFS_POWERCUT_OPS (operations per run, default 300),
+# LAYERFS_POWERCUT_TRIALS (random subsets per state, default 4), LAYERFS_POWERCUT_SIZE
+# (disk size, default 4206037: 4 MiB and a part block, so every block size ends in a
+# partial block; 20M with block size 512 gives the overlay a bitmap of two pages),
+# LAYERFS_POWERCUT_TEAR (the unit a write may be torn in, default 4096; 0 = never torn).
+# A failure prints the seed, the log record the power was cut after and the subset, and
+# keeps that state's image in the scratch directory.
 . "$(dirname "$0")/tap.sh"
 PC=$BUILDDIR/t/bin/powercut
 [ -x "$PC" ] || skip_all "t/bin/powercut not built"

@@ -9,10 +9,10 @@
  * raw base with data and holes, any other is a lone layer over a file with that data.
  * BLOCK-SIZE is the block-size key (0: none).  DIR must be empty; it keeps the images and
  * the log.  LAYERFS_POWERCUT_OPS (default 300) workload operations,
- * LAYERFS_POWERCUT_TRIALS (default 4) random subsets per flush, LAYERFS_POWERCUT_SIZE
- * (default 4M) the disk size, LAYERFS_POWERCUT_TEAR (default 4096, 0 = off) the unit in
- * which a write may be torn.  Exit 0 if every state passed, 1 (and a message naming the
- * seed, the flush and the subset) if not, 2 on a usage or setup error. */
+ * LAYERFS_POWERCUT_TRIALS (default 4) random subsets per state, LAYERFS_POWERCUT_SIZE
+ * (default PC_DEFAULT_SIZE) the disk size, LAYERFS_POWERCUT_TEAR (default 4096, 0 = off)
+ * the unit in which a write may be torn.  Exit 0 if every state passed, 1 (and a message
+ * naming the seed, the log record and the subset) if not, 2 on a usage or setup error. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -317,7 +317,7 @@ int main(int argc, char **argv)
     pc.dir = argv[3];
     pc.seed = (guint32)seed;
     pc.over_base = ops->can_create;
-    pc.size = pc_env("LAYERFS_POWERCUT_SIZE", 4u << 20);
+    pc.size = pc_env("LAYERFS_POWERCUT_SIZE", PC_DEFAULT_SIZE);
     pc.nops = (unsigned)pc_env("LAYERFS_POWERCUT_OPS", 300);
     pc.trials = (unsigned)pc_env("LAYERFS_POWERCUT_TRIALS", 4);
     pc.tear = (uint32_t)pc_env("LAYERFS_POWERCUT_TEAR", 4096);

@@ -34,6 +34,7 @@
  */
 
 #define PC_MAX_BATCH 4
+#define PC_DEFAULT_SIZE 4206037u  /* 4 MiB and a part block: the last block is partial */
 #define PC_ZOK 0x80000000u     /* model: the byte may also read as zero (a discard) */
 
 enum pc_kind { PC_WRITE, PC_ZERO, PC_DISCARD, PC_FLUSH };
