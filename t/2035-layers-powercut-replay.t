@@ -22,7 +22,7 @@
 # one, is one line in pc_formats[] in t/unit/powercut.c.
 #
 # Environment (bigger runs than CI's few seconds each): LAYERFS_TEST_SEED (base seed,
-# default 2035), LAYERFS_POWERCUT_OPS (operations per run, default 300),
+# default 2035), LAYERFS_POWERCUT_OPS (operations per run, default 200),
 # LAYERFS_POWERCUT_TRIALS (random subsets per state, default 4), LAYERFS_POWERCUT_SIZE
 # (disk size, default 4206037: 4 MiB and a part block, so every block size ends in a
 # partial block; 20M with block size 512 gives the overlay a bitmap of two pages),

@@ -128,10 +128,7 @@ static bool pc_verify(struct pc *pc, uint32_t upto, uint64_t end_pos, GString *w
         g_string_append_printf(why, "does not open: %s", err->message);
         return false;
     }
-    struct bc_loop *loop = bc_loop_new(0, 64, &err);
-    g_assert_nonnull(loop);
-    int r = lt_read(d, loop, pc->got, pc->size, 0);
-    bc_loop_free(loop);
+    int r = lt_read(d, pc->loop, pc->got, pc->size, 0);
     lf_disk_close(d);
     if (r < 0) {
         g_string_append_printf(why, "read: %s", g_strerror(-r));
@@ -198,6 +195,11 @@ bool pc_replay(struct pc *pc)
     if (m == MAP_FAILED)
         g_error("%s: mmap: %s", pc->log, g_strerror(errno));
     close(lfd);
+    g_autoptr(GError) err = NULL;
+    /* The thread's loop: every synchronous open, check and close of a state uses it. */
+    pc->loop = bc_loop_new(0, 64, &err);
+    if (pc->loop == NULL)
+        g_error("powercut: %s", err->message);
     pc->recs = g_array_new(false, false, sizeof(struct pc_rec));
     pc_parse_log(pc, m, (uint64_t)st.st_size);
 
@@ -321,5 +323,6 @@ bool pc_replay(struct pc *pc)
     g_free(pc->got);
     g_free(pc->bad);
     g_array_free(pc->recs, true);
+    bc_loop_free(pc->loop);
     return pc->failures == 0;
 }

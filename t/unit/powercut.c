@@ -8,7 +8,7 @@
  * FORMAT is the top layer's format: one that can create its image sits over a read-only
  * raw base with data and holes, any other is a lone layer over a file with that data.
  * BLOCK-SIZE is the block-size key (0: none).  DIR must be empty; it keeps the images and
- * the log.  LAYERFS_POWERCUT_OPS (default 300) workload operations,
+ * the log.  LAYERFS_POWERCUT_OPS (default 200) workload operations,
  * LAYERFS_POWERCUT_TRIALS (default 4) random subsets per state, LAYERFS_POWERCUT_SIZE
  * (default PC_DEFAULT_SIZE) the disk size, LAYERFS_POWERCUT_TEAR (default 4096, 0 = off)
  * the unit in which a write may be torn.  Exit 0 if every state passed, 1 (and a message
@@ -318,7 +318,7 @@ int main(int argc, char **argv)
     pc.seed = (guint32)seed;
     pc.over_base = ops->can_create;
     pc.size = pc_env("LAYERFS_POWERCUT_SIZE", PC_DEFAULT_SIZE);
-    pc.nops = (unsigned)pc_env("LAYERFS_POWERCUT_OPS", 300);
+    pc.nops = (unsigned)pc_env("LAYERFS_POWERCUT_OPS", 200);
     pc.trials = (unsigned)pc_env("LAYERFS_POWERCUT_TRIALS", 4);
     pc.tear = (uint32_t)pc_env("LAYERFS_POWERCUT_TEAR", 4096);
     pc.base = g_build_filename(pc.dir, "base.raw", NULL);

@@ -77,6 +77,7 @@ struct pc {
     int img_fd;
     uint8_t *want;          /* the model: what the acknowledged operations require */
     uint32_t *wid;          /* op index + 1 that set want[o] (0: the initial data) | PC_ZOK */
+    struct bc_loop *loop;   /* the replay's, the thread's current loop */
     uint8_t *got;
     uint8_t *bad;           /* pc_verify's scratch: 1 = a byte not yet explained */
     unsigned failures;
