@@ -43,6 +43,9 @@ static void pc_parse_log(struct pc *pc, const uint8_t *m, uint64_t len)
         exit(2);
     }
     pc->dev_size = pc_get(m + 16, 8);
+    /* Requests may run past the size up to the next req_align boundary (blockcore.h). */
+    uint64_t align = MAX(pc_get(m + 24, 4), 1);
+    uint64_t limit = (pc->dev_size + align - 1) / align * align;
     for (uint64_t p = LW_HDR_SIZE; p < len;) {
         struct pc_rec rec = {
             .type = (enum lw_type)pc_get(m + p, 4),
@@ -53,8 +56,11 @@ static void pc_parse_log(struct pc *pc, const uint8_t *m, uint64_t len)
         bool data = rec.type == LW_INIT || rec.type == LW_WRITE;
         if (p + LW_REC_SIZE > len || rec.type < LW_INIT || rec.type > LW_FLUSH_DONE ||
             rec.seq != pc->recs->len + 1 ||
-            (rec.type <= LW_DISCARD && rec.off + rec.len > ((pc->dev_size + 4095) & ~4095ull)) ||
-            (data && p + LW_REC_SIZE + rec.len > len)) {
+            (rec.type <= LW_DISCARD && (rec.off > limit || rec.len > limit - rec.off)) ||
+            (data && p + LW_REC_SIZE + rec.len > len) ||
+            (rec.type == LW_FLUSH_DONE && (rec.off == 0 || rec.off >= rec.seq ||
+                                           g_array_index(pc->recs, struct pc_rec,
+                                                         rec.off - 1).type != LW_FLUSH))) {
             fprintf(stderr, "powercut: %s: bad record at offset %" PRIu64 "\n", pc->log, p);
             exit(2);
         }
