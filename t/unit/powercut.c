@@ -190,6 +190,8 @@ static bool pc_workload(struct pc *pc)
                     op.flags = BC_REQ_FUA;
                 if (op.kind == PC_ZERO && g_rand_boolean(r))
                     op.flags = BC_REQ_MAY_UNMAP;
+                if (op.kind == PC_ZERO && g_rand_int_range(r, 0, 10) == 0)
+                    op.flags |= BC_REQ_FUA;
             }
             g_array_append_val(pc->ops, op);
         }

@@ -12,12 +12,12 @@
  * Notes on the design
  *
  * The workload runs batches of one to four operations at once on one loop (writes at any
- * offset and length, some FUA; zeroing, some with unmap; discards; flushes), the operations
- * of a batch on disjoint bytes so their order does not matter.  The byte a write with
- * id i puts at offset o is val(i, o), never zero, so the model needs no copy of the data:
- * an op list, and the acknowledgements -- a flush acknowledges every operation of earlier
- * batches (they completed before it was issued), a FUA write itself -- each with the log's
- * length when it came.
+ * offset and length, some FUA; zeroing, some with unmap or FUA; discards; flushes), the
+ * operations of a batch on disjoint bytes so their order does not matter.  The byte a
+ * write with id i puts at offset o is val(i, o), never zero, so the model needs no copy of
+ * the data: an op list, and the acknowledgements -- a flush acknowledges every operation
+ * of earlier batches (they completed before it was issued), a FUA write or zeroing itself
+ * -- each with the log's length when it came.
  *
  * The log says which states a power cut can leave.  Cut the power right after a record
  * that is an LW_FLUSH_DONE or that an acknowledgement followed: every record before the
