@@ -68,6 +68,7 @@ static const struct pc_format pc_formats[] = {
 
 struct pc_io {
     struct pc *pc;
+    unsigned worker;        /* the thread that runs it */
     unsigned *pending;
     int res;
     uint64_t end_pos;       /* the log's length when it completed */
@@ -146,6 +147,92 @@ static bool pc_overlaps(const struct pc_op *a, const struct pc_op *b)
     return a->off < b->off + b->len && b->off < a->off + a->len;
 }
 
+/* Start operation i of pc->ops on loop; io->pending counts it. */
+static void pc_issue(struct pc *pc, struct lf_disk *d, struct bc_loop *loop, uint32_t i,
+                     struct pc_io *io)
+{
+    const struct pc_op *op = &g_array_index(pc->ops, struct pc_op, i);
+
+    ++*io->pending;
+    switch (op->kind) {
+    case PC_WRITE:
+        io->buf = g_malloc(op->len);
+        for (uint64_t b = 0; b < op->len; b++)
+            io->buf[b] = pc_val(i + 1, op->off + b);
+        io->iov = (struct iovec){ io->buf, op->len };
+        lf_disk_writev(d, loop, &io->iov, 1, op->off, op->flags, pc_io_cb, io);
+        break;
+    case PC_ZERO:
+        lf_disk_write_zeroes(d, loop, op->off, op->len, op->flags, pc_io_cb, io);
+        break;
+    case PC_DISCARD:
+        lf_disk_discard(d, loop, op->off, op->len, pc_io_cb, io);
+        break;
+    case PC_FLUSH:
+        lf_disk_flush(d, loop, pc_io_cb, io);
+        break;
+    }
+}
+
+/* The workload's I/O threads, each with its loop: every batch is spread over them, so that
+ * flushes, writes and their completions meet across loops as in the daemon. */
+struct pc_crew {
+    struct pc *pc;
+    struct lf_disk *d;
+    GMutex lock;            /* protects everything below */
+    GCond cond;             /* a new batch, a worker done, or quit */
+    unsigned gen;           /* batches handed out so far */
+    unsigned left;          /* workers still running the current batch */
+    bool quit;
+    struct pc_io *io;       /* the batch: io[i] runs operation first + i */
+    uint32_t first, n;
+};
+
+struct pc_worker {
+    struct pc_crew *crew;
+    unsigned index;
+    GThread *thread;
+};
+
+static gpointer pc_worker_main(gpointer data)
+{
+    struct pc_worker *w = data;
+    struct pc_crew *c = w->crew;
+    g_autoptr(GError) err = NULL;
+    struct bc_loop *loop = bc_loop_new(w->index, 256, &err);
+    unsigned seen = 0;
+
+    if (loop == NULL)
+        g_error("powercut: %s", err->message);
+    for (;;) {
+        g_mutex_lock(&c->lock);
+        while (c->gen == seen && !c->quit)
+            g_cond_wait(&c->cond, &c->lock);
+        bool quit = c->quit;
+        struct pc_io *io = c->io;
+        uint32_t first = c->first, n = c->n;
+        seen = c->gen;
+        g_mutex_unlock(&c->lock);
+        if (quit)
+            break;
+        unsigned pending = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            if (io[i].worker != w->index)
+                continue;
+            io[i].pending = &pending;
+            pc_issue(c->pc, c->d, loop, first + i, &io[i]);
+        }
+        if (bc_loop_wait(loop, &pending) < 0)
+            g_error("powercut: the loop failed");
+        g_mutex_lock(&c->lock);
+        c->left--;
+        g_cond_broadcast(&c->cond);
+        g_mutex_unlock(&c->lock);
+    }
+    bc_loop_free(loop);
+    return NULL;
+}
+
 /* Run the workload; false (with a message) if the disk failed. */
 static bool pc_workload(struct pc *pc)
 {
@@ -153,19 +240,25 @@ static bool pc_workload(struct pc *pc)
     struct lf_disk_cfg *cfg = pc_disk_cfg(pc, true);
     struct lf_disk *d = lf_disk_open(cfg, false, &err);
     GRand *r = g_rand_new_with_seed(pc->seed);
-    struct bc_loop *loop = bc_loop_new(0, 256, &err);
+    struct pc_crew crew = { .pc = pc, .d = d };
+    struct pc_worker wk[PC_WORKERS];
     bool ok = true;
 
-    if (d == NULL || loop == NULL) {
+    if (d == NULL) {
         fprintf(stderr, "powercut: %s\n", err->message);
         exit(2);
     }
     pc->size = MIN(pc->size, lf_disk_size(d));
+    g_mutex_init(&crew.lock);
+    g_cond_init(&crew.cond);
+    for (unsigned i = 0; i < PC_WORKERS; i++) {
+        wk[i] = (struct pc_worker){ &crew, i, NULL };
+        wk[i].thread = g_thread_new("powercut", pc_worker_main, &wk[i]);
+    }
     for (unsigned done = 0; done < pc->nops && ok;) {
         unsigned n = (unsigned)g_rand_int_range(r, 1, PC_MAX_BATCH + 1), nb = 0;
         uint32_t first = pc->ops->len;
         struct pc_io io[PC_MAX_BATCH] = { 0 };
-        unsigned pending = 0;
         bool flush = false;
 
         for (unsigned i = 0; i < n; i++) {
@@ -196,35 +289,19 @@ static bool pc_workload(struct pc *pc)
             g_array_append_val(pc->ops, op);
         }
         nb = pc->ops->len - first;
-        for (unsigned i = 0; i < nb; i++) {
-            struct pc_op *op = &g_array_index(pc->ops, struct pc_op, first + i);
-            struct pc_io *x = &io[i];
-            uint32_t id = first + i + 1;
-
-            *x = (struct pc_io){ .pc = pc, .pending = &pending };
-            pending++;
-            switch (op->kind) {
-            case PC_WRITE: {
-                x->buf = g_malloc(op->len);
-                for (uint64_t b = 0; b < op->len; b++)
-                    x->buf[b] = pc_val(id, op->off + b);
-                x->iov = (struct iovec){ x->buf, op->len };
-                lf_disk_writev(d, loop, &x->iov, 1, op->off, op->flags, pc_io_cb, x);
-                break;
-            }
-            case PC_ZERO:
-                lf_disk_write_zeroes(d, loop, op->off, op->len, op->flags, pc_io_cb, x);
-                break;
-            case PC_DISCARD:
-                lf_disk_discard(d, loop, op->off, op->len, pc_io_cb, x);
-                break;
-            case PC_FLUSH:
-                lf_disk_flush(d, loop, pc_io_cb, x);
-                break;
-            }
-        }
-        if (bc_loop_wait(loop, &pending) < 0)
-            g_error("powercut: the loop failed");
+        for (unsigned i = 0; i < nb; i++)
+            io[i] = (struct pc_io){ .pc = pc,
+                                    .worker = (unsigned)g_rand_int_range(r, 0, PC_WORKERS) };
+        g_mutex_lock(&crew.lock);
+        crew.io = io;
+        crew.first = first;
+        crew.n = nb;
+        crew.left = PC_WORKERS;
+        crew.gen++;
+        g_cond_broadcast(&crew.cond);
+        while (crew.left > 0)
+            g_cond_wait(&crew.cond, &crew.lock);
+        g_mutex_unlock(&crew.lock);
         for (unsigned i = 0; i < nb; i++) {
             const struct pc_op *op = &g_array_index(pc->ops, struct pc_op, first + i);
             g_free(io[i].buf);
@@ -243,6 +320,14 @@ static bool pc_workload(struct pc *pc)
         }
         done += nb;
     }
+    g_mutex_lock(&crew.lock);
+    crew.quit = true;
+    g_cond_broadcast(&crew.cond);
+    g_mutex_unlock(&crew.lock);
+    for (unsigned i = 0; i < PC_WORKERS; i++)
+        g_thread_join(wk[i].thread);
+    g_cond_clear(&crew.cond);
+    g_mutex_clear(&crew.lock);
     /* A clean close: flushed, so everything is acknowledged. */
     int r2 = lf_disk_close(d);
     if (r2 < 0) {
@@ -262,7 +347,6 @@ static bool pc_workload(struct pc *pc)
             *x = *y;
             *y = t;
         }
-    bc_loop_free(loop);
     lt_disk_free(cfg);
     g_rand_free(r);
     return ok;

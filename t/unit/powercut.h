@@ -11,9 +11,10 @@
 /*
  * Notes on the design
  *
- * The workload runs batches of one to four operations at once on one loop (writes at any
- * offset and length, some FUA; zeroing, some with unmap or FUA; discards; flushes), the
- * operations of a batch on disjoint bytes so their order does not matter.  The byte a
+ * The workload runs batches of one to four operations at once, spread over two I/O threads
+ * with a loop each (writes at any offset and length, some FUA; zeroing, some with unmap or
+ * FUA; discards; flushes), the operations of a batch on disjoint bytes so their order does
+ * not matter.  The byte a
  * write with id i puts at offset o is val(i, o), never zero, so the model needs no copy of
  * the data: an op list, and the acknowledgements -- a flush acknowledges every operation
  * of earlier batches (they completed before it was issued), a FUA write or zeroing itself
@@ -34,6 +35,7 @@
  */
 
 #define PC_MAX_BATCH 4
+#define PC_WORKERS 2           /* I/O threads of the workload */
 #define PC_DEFAULT_SIZE 4206037u  /* 4 MiB and a part block: the last block is partial */
 #define PC_ZOK 0x80000000u     /* model: the byte may also read as zero (a discard) */
 
