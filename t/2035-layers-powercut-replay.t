@@ -16,10 +16,11 @@
 # every flush, so an ordering bug (a presence bit durable before its data) cannot hide
 # behind a lucky write-back order.
 #
-# Adding a format is one line in the table below (the power cut replay creates the image
-# through the format's create = true, over a base with data and holes; a format that
-# cannot create one is a lone layer over a file).  An offline check for it, if it has
-# one, is one line in pc_formats[] in t/unit/powercut.c.
+# Adding a format is one line in the table below: a format that holds blocks (takes a
+# block size) starts empty over a base with data and holes, made by its create = true,
+# and any other is a lone layer over a file with that data.  If the format has an offline
+# check (or its layer cannot create an image), that is one line in pc_formats[] in
+# t/unit/powercut.c.
 #
 # Environment (bigger runs than CI's few seconds each): LAYERFS_TEST_SEED (base seed,
 # default 2035), LAYERFS_POWERCUT_OPS (operations per run, default 200),

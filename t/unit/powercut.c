@@ -5,8 +5,9 @@
  *
  *   powercut FORMAT BLOCK-SIZE DIR SEED
  *
- * FORMAT is the top layer's format: one that can create its image sits over a read-only
- * raw base with data and holes, any other is a lone layer over a file with that data.
+ * FORMAT is the top layer's format: one that holds blocks (takes a block size) starts
+ * empty over a read-only raw base with data and holes, any other is a lone layer over a
+ * file with that data.
  * BLOCK-SIZE is the block-size key (0: none).  DIR must be empty; it keeps the images and
  * the log.  LAYERFS_POWERCUT_OPS (default 200) workload operations,
  * LAYERFS_POWERCUT_TRIALS (default 4) random subsets per state, LAYERFS_POWERCUT_SIZE
@@ -59,9 +60,10 @@ static bool pc_check_overlay(const char *path, GString *why)
     return why->len == 0;
 }
 
-/* Formats with an offline check; any other format is checked by opening and reading it. */
+/* Formats with more than the layers API gives: a format whose layer creates its image and
+ * that has no offline check needs no line here; it is checked by opening and reading it. */
 static const struct pc_format pc_formats[] = {
-    { "overlay", pc_check_overlay },
+    { "overlay", NULL, pc_check_overlay },
 };
 
 /* ---- the workload ------------------------------------------------------------------- */
@@ -103,7 +105,7 @@ struct lf_disk_cfg *pc_disk_cfg(struct pc *pc, bool workload)
     top->direct = workload;     /* as configured by default; the states are read buffered */
     if (workload) {
         lt_opt(top, "log", pc->log);
-        top->create = pc->over_base;
+        top->create = pc->over_base && layer_format_find(pc->format)->can_create;
     }
     top->block_size = pc->bs;
     if (!pc->over_base)
@@ -391,8 +393,12 @@ int main(int argc, char **argv)
     g_log_set_default_handler(pc_log_handler, NULL);
     const struct layer_ops *ops = layer_format_find(argv[1]);
     if (ops == NULL || ops->in_memory) {
-        fprintf(stderr, "powercut: %s: not a format whose image a power cut leaves\n",
-                argv[1]);
+        if (ops == NULL)
+            fprintf(stderr, "powercut: %s: unknown format (known: %s)\n", argv[1],
+                    layer_format_names());
+        else
+            fprintf(stderr, "powercut: %s: kept in memory: a power cut leaves nothing\n",
+                    argv[1]);
         return 2;
     }
     pc.format = argv[1];
@@ -402,7 +408,7 @@ int main(int argc, char **argv)
     pc.bs = (uint32_t)bs;
     pc.dir = argv[3];
     pc.seed = (guint32)seed;
-    pc.over_base = ops->can_create;
+    pc.over_base = ops->has_block_size;
     pc.size = pc_env("LAYERFS_POWERCUT_SIZE", PC_DEFAULT_SIZE);
     pc.nops = (unsigned)pc_env("LAYERFS_POWERCUT_OPS", 200);
     pc.trials = (unsigned)pc_env("LAYERFS_POWERCUT_TRIALS", 4);
@@ -414,6 +420,18 @@ int main(int argc, char **argv)
     pc.ops = g_array_new(false, false, sizeof(struct pc_op));
     pc.acks = g_array_new(false, false, sizeof(struct pc_ack));
     pc_make_initial(pc.over_base ? pc.base : pc.top, pc.size);
+    if (pc.over_base && !ops->can_create) {
+        g_autoptr(GError) err = NULL;
+        if (pc.fmt == NULL || pc.fmt->create == NULL) {
+            fprintf(stderr, "powercut: %s: its layer cannot create an image: give pc_formats[] "
+                    "a create function\n", pc.format);
+            return 2;
+        }
+        if (!pc.fmt->create(pc.top, pc.size, pc.bs, &err)) {
+            fprintf(stderr, "powercut: %s\n", err->message);
+            return 2;
+        }
+    }
 
     bool ok = pc_workload(&pc) && pc_replay(&pc);
 

@@ -54,9 +54,13 @@ struct pc_ack {
     int64_t fua;            /* or just this one (a FUA write), or -1 */
 };
 
-/* One format the replay knows: its offline check of an image, if it has one. */
+/* What the replay needs from a format beyond the layers API, where it has it. */
 struct pc_format {
     const char *name;
+    /* Create an empty image of size bytes at path, for a format whose layer cannot
+     * (create = true); false + *errp. */
+    bool (*create)(const char *path, uint64_t size, uint32_t block_size, GError **errp);
+    /* The format's offline check of an image: false and why. */
     bool (*check)(const char *path, GString *why);
 };
 
@@ -69,7 +73,7 @@ struct pc {
     uint64_t size;          /* the disk */
     unsigned nops, trials;
     uint32_t tear;
-    bool over_base;
+    bool over_base;         /* the top holds blocks: over a base, created empty */
     GArray *ops;            /* struct pc_op */
     GArray *acks;           /* struct pc_ack */
     /* The replay. */
