@@ -26,7 +26,8 @@
  *
  * The log is appended with pwrite at lw->end under lw->lock, which also keeps seq: loops
  * on several threads complete requests at once.  A log write that fails fails its request
- * with EIO, and every request after it (the log would no longer tell the truth).
+ * with EIO, and so does every write and flush after it (the log would no longer tell the
+ * truth); reads go on.
  */
 
 #define LW_RUN (1u << 20)   /* bytes of initial contents per record */
@@ -119,28 +120,28 @@ static void lw_done(struct bc_dreq *d, int res)
     struct lw_req *r = bc_container_of(d, struct lw_req, inner);
     struct bc_dreq *outer = r->outer;
     struct bc_lw *lw = r->lw;
-    uint64_t ok = 1;
+    uint64_t logged = 1;    /* the record's seq; 0 if the log could not be written */
 
     if (res == 0) {
         switch (d->op) {
         case BC_OP_WRITE:
-            ok = lw_append(lw, LW_WRITE, d->offset, d->len, d->iov, d->iovcnt);
+            logged = lw_append(lw, LW_WRITE, d->offset, d->len, d->iov, d->iovcnt);
             break;
         case BC_OP_WRITE_ZEROES:
-            ok = lw_append(lw, LW_ZERO, d->offset, d->len, NULL, 0);
+            logged = lw_append(lw, LW_ZERO, d->offset, d->len, NULL, 0);
             break;
         case BC_OP_DISCARD:
-            ok = lw_append(lw, LW_DISCARD, d->offset, d->len, NULL, 0);
+            logged = lw_append(lw, LW_DISCARD, d->offset, d->len, NULL, 0);
             break;
         case BC_OP_FLUSH:
-            ok = lw_append(lw, LW_FLUSH_DONE, r->flush_seq, 0, NULL, 0);
+            logged = lw_append(lw, LW_FLUSH_DONE, r->flush_seq, 0, NULL, 0);
             break;
         case BC_OP_READ:
             break;
         }
     }
     g_free(r);
-    outer->done(outer, res == 0 && ok == 0 ? -EIO : res);
+    outer->done(outer, res == 0 && logged == 0 ? -EIO : res);
 }
 
 static void bc_drv_lw_submit(void *state, struct bc_dreq *dreq)
