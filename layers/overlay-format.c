@@ -241,10 +241,10 @@ bool ovl_hdr_decode(const uint8_t *buf, size_t len, uint64_t file_size, const ch
             BAD(40, "bitmap offset %" PRIu64 " is not a multiple of 4096 from %u to 2^62",
                 h->bitmap_off, OVL_HEADER_SIZE);
         uint64_t align = MAX(h->block_size, 4096u);
-        if (h->data_off < ref.data_off || h->data_off % align != 0 ||
+        if (h->data_off < OVL_HEADER_SIZE || h->data_off % align != 0 ||
             h->data_off > OVL_MAX_OFFSET)
-            BAD(56, "data offset %" PRIu64 " is not a multiple of %" PRIu64 " from %" PRIu64
-                " to 2^62", h->data_off, align, ref.data_off);
+            BAD(56, "data offset %" PRIu64 " is not a multiple of %" PRIu64 " from %u to 2^62",
+                h->data_off, align, OVL_HEADER_SIZE);
         if (overlaps(h->bitmap_off, h->bitmap_len, h->data_off, h->nblocks * h->block_size))
             BAD(40, "the bitmap at offset %" PRIu64 " overlaps the data region at %" PRIu64
                 "..%" PRIu64, h->bitmap_off, h->data_off,
