@@ -70,6 +70,9 @@ cp "$S/other.orig" "$S/other.raw"
 cp "$S/keep.ovl" "$S/top.ovl"
 ok "commit into the right base" "$IMG" commit "$S/top.ovl" "$S/base.raw"
 ok "... which now holds what the disk showed" cmp -s "$S/base.raw" "$S/want.img"
+"$IMG" create -B "$S/base.raw" "$S/fresh.ovl"
+is "$("$IMG" info "$S/top.ovl" | grep '^base:')" "$("$IMG" info "$S/fresh.ovl" | grep '^base:')" \
+    "... and the overlay records the committed base"
 start_daemon "$S/mnt" -c "$S/right.conf" || _t_result 1 "the overlay mounts over the committed base"
 dd if=/dev/urandom of="$S/mnt/d" bs=64k seek=20 count=1 conv=notrunc,fsync status=none
 stop_daemon
