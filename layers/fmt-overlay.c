@@ -553,9 +553,10 @@ static int below_fp(struct ovl *o, struct layer *l, struct bc_sync *s, uint64_t 
  * Check the stack below against the size and fingerprint the header recorded, and (when
  * writable) record them anew, to be written with the DIRTY flag.  Not checked: an overlay
  * with nothing recorded (made by version 1, or by create without a base), with no block
- * present (it reads as any base would), with base-check = false; only the size when a
- * commit is unfinished or a write-through overlay was not closed cleanly (in both the
- * base legitimately changed after the record).
+ * present (it reads as any base would), with base-check = false, or when the stack below
+ * cannot be read (a warning); only the size when a commit is unfinished or a
+ * write-through overlay was not closed cleanly (in both the base legitimately changed
+ * after the record).
  */
 static bool base_check(struct ovl *o, struct layer *l, const struct lf_layer_cfg *cfg,
                        struct layer *below, struct bc_sync *s, GError **errp)
@@ -569,9 +570,11 @@ static bool base_check(struct ovl *o, struct layer *l, const struct lf_layer_cfg
     o->base_size = below->visible;
     int r = below_fp(o, l, s, &fp);
     if (r < 0) {
-        g_set_error(errp, LF_ERROR, -r, "%s: cannot read the layers below overlay %s for "
-                    "their fingerprint: %s", l->origin, cfg->path, g_strerror(-r));
-        return false;
+        /* A bad sector in a sample should not keep the disk from working. */
+        g_message("%s: cannot read the layers below overlay %s for their fingerprint (%s): "
+                  "not checked", l->origin, cfg->path, g_strerror(-r));
+        o->base_size = 0;
+        return true;
     }
     bool moved = (h->flags & OVL_FLAG_COMMIT) ||
                  (l->write_through && (h->flags & OVL_FLAG_DIRTY));
@@ -707,8 +710,9 @@ static int ovl_close(struct layer *l)
             ovl_flush(l, s.loop, bc_sync_cb, &s);
             res = bc_sync_wait(&s);
             /* Writes through this overlay changed the base: record it as it now is. */
-            if (res == 0 && l->write_through && o->base_size != 0)
-                res = below_fp(o, l, &s, &o->f.h.base_fp);
+            if (res == 0 && l->write_through && o->base_size != 0 &&
+                below_fp(o, l, &s, &o->f.h.base_fp) < 0)
+                o->f.h.base_size = o->f.h.base_fp = 0;  /* forget it: the next open records */
             if (res == 0) {
                 o->f.h.flags &= ~(uint32_t)OVL_FLAG_DIRTY;
                 res = ovl_file_write_header(&o->f, &s);
