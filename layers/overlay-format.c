@@ -492,6 +492,9 @@ static uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t len)
     return h;
 }
 
+/* FNV-1a 64 over the size (u64, little-endian) and then the bytes of each sample of
+ * OVL_FP_SAMPLE bytes (fewer at the end) at the offsets fp_samples() gives, in order;
+ * cheap (at most 19 reads of 4 KiB) and blind to anything between the samples. */
 int ovl_fingerprint(uint64_t size, ovl_read_fn *rd, void *opaque, uint8_t *buf, uint64_t *fp)
 {
     uint64_t offs[OVL_FP_MAX_SAMPLES];

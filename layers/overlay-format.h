@@ -104,9 +104,7 @@ static inline uint64_t ovl_bitmap_byte_off(const struct ovl_hdr *h, uint64_t i)
 void ovl_hdr_init(struct ovl_hdr *h, uint64_t size, uint32_t block_size);
 /* The bitmap length of an overlay of this version with nblocks blocks. */
 uint64_t ovl_bitmap_len(uint32_t version, uint64_t nblocks);
-/* Where a new version-2 bitmap for nblocks goes when old (a valid header) is re-laid out
- * with the same data offset: free space that overlaps neither the header, old's bitmap nor
- * the new data region.  Returns the offset. */
+/* Offset for old's new v2 bitmap of nblocks: clear of header, old bitmap, new data. */
 uint64_t ovl_place_bitmap(const struct ovl_hdr *old, uint64_t nblocks);
 /* Check size and block size; false + *errp ("what: reason"). */
 bool ovl_check_geometry(const char *what, uint64_t size, uint64_t block_size, GError **errp);
@@ -116,27 +114,22 @@ void ovl_hdr_encode(const struct ovl_hdr *h, uint8_t *buf);
  * Errors name path, the offset and the reason. */
 bool ovl_hdr_decode(const uint8_t *buf, size_t len, uint64_t file_size, const char *path,
                     struct ovl_hdr *h, GError **errp);
-/* Encode chunk c of the version-2 bitmap from the flat bitmap (ovl_bitmap_mem_len(h)
- * bytes) into out (OVL_CHUNK bytes). */
+/* Encode chunk c of a v2 bitmap from the flat bitmap into out (OVL_CHUNK bytes). */
 void ovl_chunk_encode(const uint8_t *flat, uint64_t c, uint8_t *out);
 /* Encode the whole on-disk bitmap (h->bitmap_len bytes) from the flat one. */
 void ovl_bitmap_encode(const struct ovl_hdr *h, const uint8_t *flat, uint8_t *out);
-/* Decode the on-disk bitmap disk (h->bitmap_len bytes) into flat (ovl_bitmap_mem_len(h)
- * bytes).  A v2 chunk whose checksum or number is wrong is left all zero (its blocks
- * absent) and counted in *nbad_chunks (may be NULL); false + *errp naming the file, the
- * first bad chunk's offset and the reason if there was one. */
+/* Decode disk into flat, bad v2 chunks left zero and counted; false + *errp (first one). */
 bool ovl_bitmap_decode(const struct ovl_hdr *h, const uint8_t *disk, uint8_t *flat,
                        const char *path, uint64_t *nbad_chunks, GError **errp);
-/* Validate a flat bitmap of ovl_bitmap_mem_len(h) bytes: no bits past the last block, and every present
- * block inside the file.  *bad = number of bad bits found (may be NULL). */
+/* Validate a flat bitmap of ovl_bitmap_mem_len(h) bytes: no bits past the last block, and
+ * every present block inside the file.  *bad = number of bad bits found (may be NULL). */
 bool ovl_bitmap_check(const struct ovl_hdr *h, const uint8_t *bm, uint64_t file_size,
                       const char *path, uint64_t *bad, GError **errp);
 /* Clear every bad bit ovl_bitmap_check would complain about; returns how many. */
 uint64_t ovl_bitmap_repair(const struct ovl_hdr *h, uint8_t *bm, uint64_t file_size);
 /* Number of bits set for blocks 0..nblocks-1. */
 uint64_t ovl_count_present(const uint8_t *bm, uint64_t nblocks);
-/* Create an overlay file (O_EXCL|O_NOFOLLOW, mode 0600) and make it durable; base_size and
- * base_fp record the stack below (0, 0: none yet). */
+/* Create an overlay file (O_EXCL|O_NOFOLLOW, 0600), durably, recording a base; false. */
 bool ovl_create_file(const char *path, uint64_t size, uint32_t block_size, uint64_t base_size,
                      uint64_t base_fp, GError **errp);
 /* CRC-32 (IEEE) of len bytes (the header's checksum). */
@@ -145,9 +138,7 @@ uint32_t ovl_crc32(const uint8_t *p, size_t len);
 uint32_t ovl_crc32c(const uint8_t *p, size_t len);
 /* Read callback for ovl_fingerprint: len bytes at off into buf; 0 or -errno. */
 typedef int ovl_read_fn(void *opaque, uint8_t *buf, uint64_t len, uint64_t off);
-/* The fingerprint of a stack below of size bytes (see layerfs-overlay(5)): FNV-1a 64 over
- * the size and up to OVL_FP_MAX_SAMPLES samples of OVL_FP_SAMPLE bytes read with rd into
- * buf (OVL_FP_SAMPLE bytes, aligned for the reader).  0 or -errno from rd. */
+/* *fp of a stack of size bytes read with rd into buf (OVL_FP_SAMPLE bytes): 0 or -errno. */
 int ovl_fingerprint(uint64_t size, ovl_read_fn *rd, void *opaque, uint8_t *buf, uint64_t *fp);
 
 #endif

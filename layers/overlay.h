@@ -36,9 +36,7 @@ bool ovl_file_open(struct ovl_file *f, const char *path, const struct lf_layer_c
 int ovl_file_write_header(struct ovl_file *f, struct bc_sync *s);
 /* Write the whole bitmap from f->bitmap (encoded for f->h.version) and flush: 0 or -errno. */
 int ovl_file_write_bitmap(struct ovl_file *f, struct bc_sync *s);
-/* Crash-safely make f a version-2 overlay of size bytes (>= its size; the same size
- * upgrades a version-1 file): new bitmap in free space (growing the file if need be, cfg
- * as for ovl_file_open), flush, then switch the header.  false + *errp. */
+/* Crash-safely make f a v2 overlay of size (>= its) bytes, cfg as at open; false + *errp. */
 bool ovl_file_relayout(struct ovl_file *f, const struct lf_layer_cfg *cfg, uint64_t size,
                        struct bc_sync *s, GError **errp);
 /* Fingerprint the raw device dev (ovl_fingerprint over its whole size): 0 or -errno. */
