@@ -132,7 +132,16 @@ like "$("$IMG" upgrade "$S/v1b.ovl")" "already version 2" "upgrading again does 
 head -c $((4096 + 4096)) "$CORPUS/valid-100M-1M-present" >"$S/v1p.ovl"
 truncate -s $(((101 << 20))) "$S/v1p.ovl"
 n=$("$IMG" info "$S/v1p.ovl" | sed -n 's/^blocks present: *\([0-9]*\).*/\1/p')
+cp "$S/v1p.ovl" "$S/v1p.orig"
 ok "upgrade of a version 1 overlay holding $n blocks" "$IMG" upgrade "$S/v1p.ovl"
 like "$("$IMG" info "$S/v1p.ovl")" "blocks present: +$n " "... keeps them"
 ok "... and checks clean" "$IMG" check "$S/v1p.ovl"
+# Interrupted before the header switched: the new bitmap is written elsewhere, the old
+# header and bitmap are intact (the upgrade frees the old bitmap only afterwards).
+cp "$S/v1p.ovl" "$S/v1p.cut"
+dd if="$S/v1p.orig" of="$S/v1p.cut" bs=4096 count=2 conv=notrunc status=none
+info=$("$IMG" info "$S/v1p.cut")
+like "$info" "version 1" "an interrupted upgrade leaves the version 1 overlay"
+like "$info" "blocks present: +$n " "... with its blocks"
+ok "... valid" "$IMG" check "$S/v1p.cut"
 done_testing
