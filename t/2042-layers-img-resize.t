@@ -68,14 +68,18 @@ like "$out" "cannot shrink an overlay from 17825792 to 1048576 bytes" "... with 
 out=$("$IMG" resize "$S/top.ovl" 2>&1); rc=$?
 is "$rc" 2 "resize needs a size or -B"
 
-# An interrupted resize: with the file grown and a new bitmap written past the data but
-# the header not switched (the state a crash between the two flushes leaves: the new
-# file with the old header and old bitmap), the old overlay is intact.
+# An interrupted resize: with the file grown and the new bitmap written past the data but
+# the header not switched (the state a crash between the two flushes leaves: the old
+# file, grown, with the new bitmap at its new place), the old overlay is intact.
 "$IMG" create -s 4M -b 4K "$S/c.ovl"
 cp "$S/c.ovl" "$S/c2.ovl"
 ok "resize an overlay with no gap before its data" "$IMG" resize "$S/c2.ovl" 8M
-cp "$S/c2.ovl" "$S/c3.ovl"
-dd if="$S/c.ovl" of="$S/c3.ovl" bs=4096 count=2 conv=notrunc status=none
+off=$(od -An -tu8 -j40 -N8 "$S/c2.ovl" | tr -d ' ')
+is "$off" $(((8 << 20) + 8192)) "... its bitmap moved past the new data region"
+cp "$S/c.ovl" "$S/c3.ovl"
+truncate -s "$(stat -c %s "$S/c2.ovl")" "$S/c3.ovl"
+dd if="$S/c2.ovl" of="$S/c3.ovl" bs=4096 skip=$((off / 4096)) seek=$((off / 4096)) count=1 \
+   conv=notrunc status=none
 ok "an interrupted resize leaves a valid old overlay" "$IMG" check "$S/c3.ovl"
 like "$("$IMG" info "$S/c3.ovl")" "virtual size: +4194304 bytes" "... of the old size"
 ok "... which resizes again" "$IMG" resize "$S/c3.ovl" 8M

@@ -35,6 +35,18 @@ refused() {
     like "$out" "base-check = false" "$1: and the way to force it"
 }
 
+# cut_before_switch OLD NEW CUT: CUT = OLD grown to NEW's size, with NEW's bitmap written
+# at NEW's bitmap offset: what a crash before the header switch of a relayout leaves.
+cut_before_switch() {
+    local off len
+    off=$(od -An -tu8 -j40 -N8 "$2" | tr -d ' ')
+    len=$(od -An -tu8 -j48 -N8 "$2" | tr -d ' ')
+    cp "$1" "$3"
+    truncate -s "$(stat -c %s "$2")" "$3"
+    dd if="$2" of="$3" bs=4096 skip=$((off / 4096)) seek=$((off / 4096)) count=$((len / 4096)) \
+       conv=notrunc status=none
+}
+
 # ---- another base
 conf "$S/top.ovl" "$S/base.raw" >"$S/right.conf"
 conf "$S/top.ovl" "$S/other.raw" >"$S/wrong.conf"
@@ -136,10 +148,9 @@ cp "$S/v1p.ovl" "$S/v1p.orig"
 ok "upgrade of a version 1 overlay holding $n blocks" "$IMG" upgrade "$S/v1p.ovl"
 like "$("$IMG" info "$S/v1p.ovl")" "blocks present: +$n " "... keeps them"
 ok "... and checks clean" "$IMG" check "$S/v1p.ovl"
-# Interrupted before the header switched: the new bitmap is written elsewhere, the old
-# header and bitmap are intact (the upgrade frees the old bitmap only afterwards).
-cp "$S/v1p.ovl" "$S/v1p.cut"
-dd if="$S/v1p.orig" of="$S/v1p.cut" bs=4096 count=2 conv=notrunc status=none
+# Interrupted before the header switched: the original file with the new bitmap written
+# where the upgrade put it must still be the valid version 1 overlay.
+cut_before_switch "$S/v1p.orig" "$S/v1p.ovl" "$S/v1p.cut"
 info=$("$IMG" info "$S/v1p.cut")
 like "$info" "version 1" "an interrupted upgrade leaves the version 1 overlay"
 like "$info" "blocks present: +$n " "... with its blocks"
