@@ -207,6 +207,9 @@ static int cmd_check(const struct opts *o, int argc, char **argv)
                "clean)");
     if (c.info.commit)
         printf("%s: a commit was interrupted; rerun '" PROG " commit' to finish it\n", path);
+    if (c.info.version < 2)
+        printf("%s: version 1: its bitmap has no checksums ('" PROG " upgrade' adds them)\n",
+               path);
 
     if (o->repair) {
         if (c.chunks_dropped > 0) {
