@@ -561,6 +561,11 @@ struct lf_disk *lf_disk_open(const struct lf_disk_cfg *cfg, bool force_read_only
                         l->name, lc->read_cache ? "it is a read cache" : "the disk writes to it");
             goto fail;
         }
+        /* The layers open so far read as a stack of their own (an overlay opened next
+         * fingerprints it); the loop below sets the final values. */
+        uint64_t v = UINT64_MAX;
+        for (unsigned i = k; i < disk->nlayers; i++)
+            disk->layers[i]->visible = v = MIN(v, disk->layers[i]->size);
     }
     uint64_t visible = UINT64_MAX;
     for (unsigned i = 0; i < disk->nlayers; i++) {

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The overlay layer format: a persistent sparse layer in one file (man/layerfs-overlay.5),
- * with crash-safe presence bits.  The engine is sparse.c; this file adds the file I/O. */
+ * with crash-safe presence bits.  The engine is sparse.c; this file adds the store, the
+ * flush cycles and the base check; overlay-file.c has the file's metadata I/O. */
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
@@ -25,6 +26,15 @@
  * the overlay is consistent and is used as is (with a message); unflushed writes are lost
  * as on any disk.
  *
+ * Checksums.  The on-disk bitmap is in chunks (version 2) that carry their own CRC-32C, and
+ * a cycle writes whole chunks: a power cut keeping any subset of a cycle's writes leaves
+ * every chunk either as before or as written, both valid.  A chunk straddles two bitmap
+ * pages; its other page is encoded as last taken (cyc_copy keeps every page), whose bits'
+ * data an earlier cycle made durable.
+ *
+ * The base.  The header records the size and fingerprint of the stack below; open checks
+ * them (base_check()) and a writable open records them again with the DIRTY flag.
+ *
  * Flushes are serialized: one cycle runs at a time (on the loop of the request that
  * started it) and serves every request queued before it took the dirty pages; requests
  * arriving meanwhile wait for the next cycle.  o->flock protects queue and flushing.
@@ -43,6 +53,7 @@ struct ovl {
     struct sparse sp;
     struct ovl_file f;
     bool writable;
+    uint64_t base_size;             /* size of the stack below, as measured at open */
     GMutex flock;
     struct ovl_fl *queue;           /* waiting flushes, FIFO */
     struct ovl_fl **queue_tail;
@@ -50,8 +61,10 @@ struct ovl {
     /* The running cycle, touched only from its loop. */
     struct bc_loop *cyc_loop;
     struct ovl_fl *cyc_batch;
-    uint8_t *cyc_copy;
+    uint8_t *cyc_copy;              /* the flat bitmap as last taken, every page */
     uint8_t *cyc_pages;
+    uint8_t *cyc_chunks;            /* per chunk: to write in this cycle */
+    uint8_t *cyc_enc;               /* the chunks, encoded */
     struct iovec *cyc_iov;
     unsigned cyc_pending;
     int cyc_err;
@@ -61,127 +74,6 @@ struct ovl {
 static struct ovl *ovl_of(struct layer *l)
 {
     return l->priv;
-}
-
-/* ---- synchronous file access (also used by img.c) ---------------------------------------- */
-
-static int sync_rw(struct ovl_file *f, struct bc_sync *s, bool write, void *buf,
-                   uint64_t len, uint64_t offset)
-{
-    struct iovec iov = { buf, len };
-
-    if (write)
-        bc_dev_writev(f->dev, s->loop, &iov, 1, offset, 0, bc_sync_cb, s);
-    else
-        bc_dev_readv(f->dev, s->loop, &iov, 1, offset, bc_sync_cb, s);
-    int r = bc_sync_wait(s);
-    if (r < 0 || !write)
-        return r;
-    bc_dev_flush(f->dev, s->loop, bc_sync_cb, s);
-    return bc_sync_wait(s);
-}
-
-bool ovl_file_open(struct ovl_file *f, const char *path, const struct lf_layer_cfg *cfg,
-                   bool read_only, bool direct, unsigned flags, struct bc_sync *s,
-                   GError **errp)
-{
-    struct lf_layer_cfg dflt = { .name = (char *)path };   /* the default driver */
-    struct lf_layer_cfg c = cfg != NULL ? *cfg : dflt;
-    uint8_t *hbuf = NULL;
-    int r;
-
-    memset(f, 0, sizeof(*f));
-    c.path = (char *)path;
-    f->path = g_strdup(path);
-    /* One writer or any number of readers, across processes and disks: the driver locks
-     * the very file it opened, whatever path (symlink, hard link, bind mount) led to it,
-     * and the open fails when it cannot. */
-    enum bc_lock lock = flags & OVL_OPEN_NO_LOCK ? BC_LOCK_NONE
-                        : read_only ? BC_LOCK_SHARED : BC_LOCK_EXCLUSIVE;
-    GError *err = NULL;
-    f->dev = layer_open_dev(&c, read_only, direct, lock, &err);
-    if (f->dev == NULL) {
-        if (g_error_matches(err, BC_ERROR, EWOULDBLOCK)) {
-            g_set_error(errp, LF_ERROR, EWOULDBLOCK, "%s: the overlay is in use (locked by "
-                        "another process or disk)", path);
-            g_error_free(err);
-        } else {
-            g_propagate_error(errp, err);
-        }
-        goto fail;
-    }
-    const struct bc_props *p = bc_dev_props(f->dev);
-    f->read_only = p->read_only;
-    f->file_size = p->size;
-    if (p->req_align > OVL_HEADER_SIZE) {
-        g_set_error(errp, LF_ERROR, EINVAL,
-                    "%s: I/O alignment %u is larger than the overlay header (%u)", path,
-                    p->req_align, OVL_HEADER_SIZE);
-        goto fail;
-    }
-    hbuf = bc_buf_alloc(OVL_HEADER_SIZE);
-    r = sync_rw(f, s, false, hbuf, OVL_HEADER_SIZE, 0);
-    if (r < 0) {
-        g_set_error(errp, LF_ERROR, -r, "%s: cannot read the header: %s", path,
-                    g_strerror(-r));
-        goto fail;
-    }
-    if (!ovl_hdr_decode(hbuf, OVL_HEADER_SIZE, f->file_size, path, &f->h, errp))
-        goto fail;
-    if (!(flags & OVL_OPEN_NO_SIZE_CHECK) && f->file_size < ovl_file_size(&f->h)) {
-        g_set_error(errp, LF_ERROR, EINVAL,
-                    "%s: truncated overlay: the data region ends at offset %" PRIu64
-                    " but the file is %" PRIu64 " bytes (layerfs-img check --repair)", path,
-                    ovl_file_size(&f->h), f->file_size);
-        goto fail;
-    }
-    if (f->h.block_size < p->req_align) {
-        g_set_error(errp, LF_ERROR, EINVAL,
-                    "%s: block size %u is smaller than the file's I/O alignment %u", path,
-                    f->h.block_size, p->req_align);
-        goto fail;
-    }
-    f->bitmap = bc_buf_alloc(f->h.bitmap_len);
-    r = sync_rw(f, s, false, f->bitmap, f->h.bitmap_len, f->h.bitmap_off);
-    if (r < 0) {
-        g_set_error(errp, LF_ERROR, -r, "%s: cannot read the bitmap at offset %" PRIu64 ": %s",
-                    path, f->h.bitmap_off, g_strerror(-r));
-        goto fail;
-    }
-    if (!(flags & OVL_OPEN_NO_BITMAP_CHECK) &&
-        !ovl_bitmap_check(&f->h, f->bitmap, f->file_size, path, NULL, errp))
-        goto fail;
-    bc_buf_free(hbuf);
-    return true;
-
-fail:
-    bc_buf_free(hbuf);
-    ovl_file_close(f);
-    return false;
-}
-
-int ovl_file_write_header(struct ovl_file *f, struct bc_sync *s)
-{
-    uint8_t *buf = bc_buf_alloc(OVL_HEADER_SIZE);
-
-    ovl_hdr_encode(&f->h, buf);
-    int r = sync_rw(f, s, true, buf, OVL_HEADER_SIZE, 0);
-    bc_buf_free(buf);
-    return r;
-}
-
-int ovl_file_write_bitmap(struct ovl_file *f, struct bc_sync *s)
-{
-    return sync_rw(f, s, true, f->bitmap, f->h.bitmap_len, f->h.bitmap_off);
-}
-
-void ovl_file_close(struct ovl_file *f)
-{
-    if (f->dev != NULL)
-        bc_dev_close(f->dev);
-    bc_buf_free(f->bitmap);
-    g_free(f->path);
-    memset(f, 0, sizeof(*f));
 }
 
 /* ---- the store: block data at data_off ---------------------------------------------- */
@@ -293,32 +185,45 @@ static void cyc_bitmap_done(void *opaque, int res)
         bc_dev_flush(o->f.dev, o->cyc_loop, cyc_flushed2, o);
 }
 
+/* Write every bitmap chunk that holds a byte of a taken page, encoded from cyc_copy: each
+ * chunk carries its own checksum, so any subset of these writes leaves valid chunks.
+ * cyc_copy keeps every page as last taken, so a chunk's other page is as last taken too,
+ * and the data under its bits was flushed by that page's cycle. */
 static void cyc_flushed1(void *opaque, int res)
 {
     struct ovl *o = opaque;
     uint64_t npages = o->sp.bitmap_len / SPARSE_PAGE;
+    uint64_t nch = o->f.h.bitmap_len / OVL_CHUNK;
 
     if (res < 0) {
         cyc_end(o, res);
         return;
     }
+    memset(o->cyc_chunks, 0, nch);
+    for (uint64_t p = 0; p < npages; p++) {
+        if (!o->cyc_pages[p])
+            continue;
+        uint64_t c1 = MIN(((p + 1) * SPARSE_PAGE - 1) / OVL_CHUNK_DATA, nch - 1);
+        for (uint64_t c = p * SPARSE_PAGE / OVL_CHUNK_DATA; c <= c1; c++)
+            o->cyc_chunks[c] = 1;
+    }
     o->cyc_err = 0;
     o->cyc_pending = 1;
-    for (uint64_t p = 0; p < npages;) {
-        if (!o->cyc_pages[p]) {
-            p++;
+    for (uint64_t c = 0; c < nch;) {
+        if (!o->cyc_chunks[c]) {
+            c++;
             continue;
         }
-        uint64_t e = p + 1;
-        while (e < npages && o->cyc_pages[e])
-            e++;
-        struct iovec *v = &o->cyc_iov[p];
-        v->iov_base = o->cyc_copy + p * SPARSE_PAGE;
-        v->iov_len = (e - p) * SPARSE_PAGE;
+        uint64_t e = c;
+        for (; e < nch && o->cyc_chunks[e]; e++)
+            ovl_chunk_encode(o->cyc_copy, e, o->cyc_enc + e * OVL_CHUNK);
+        struct iovec *v = &o->cyc_iov[c];
+        v->iov_base = o->cyc_enc + c * OVL_CHUNK;
+        v->iov_len = (e - c) * OVL_CHUNK;
         o->cyc_pending++;
-        bc_dev_writev(o->f.dev, o->cyc_loop, v, 1, o->f.h.bitmap_off + p * SPARSE_PAGE, 0,
+        bc_dev_writev(o->f.dev, o->cyc_loop, v, 1, o->f.h.bitmap_off + c * OVL_CHUNK, 0,
                       cyc_bitmap_done, o);
-        p = e;
+        c = e;
     }
     cyc_bitmap_done(o, 0);
 }
@@ -367,6 +272,80 @@ static void ovl_flush(struct layer *l, struct bc_loop *loop, bc_cb *cb, void *op
         bc_loop_defer(loop, &o->cyc_task);
 }
 
+/* ---- the base fingerprint ------------------------------------------------------------ */
+
+struct next_rd {
+    struct layer *l;
+    struct bc_sync *s;
+};
+
+static int next_read(void *opaque, uint8_t *buf, uint64_t len, uint64_t off)
+{
+    struct next_rd *a = opaque;
+    struct iovec iov = { buf, len };
+
+    layer_next_read(a->l, a->s->loop, &iov, 1, off, bc_sync_cb, a->s);
+    return bc_sync_wait(a->s);
+}
+
+/* The fingerprint of the stack below l, o->base_size bytes: 0 or -errno. */
+static int below_fp(struct ovl *o, struct layer *l, struct bc_sync *s, uint64_t *fp)
+{
+    struct next_rd a = { l, s };
+    uint8_t *buf = bc_buf_alloc(OVL_FP_SAMPLE);
+    int r = ovl_fingerprint(o->base_size, next_read, &a, buf, fp);
+
+    bc_buf_free(buf);
+    return r;
+}
+
+/*
+ * Check the stack below against the size and fingerprint the header recorded, and (when
+ * writable) record them anew, to be written with the DIRTY flag.  Not checked: an overlay
+ * with nothing recorded (made by version 1, or by create without a base), with no block
+ * present (it reads as any base would), with base-check = false, or when the stack below
+ * cannot be read (a warning); only the size when a commit is unfinished or a
+ * write-through overlay was not closed cleanly (in both the base legitimately changed
+ * after the record).
+ */
+static bool base_check(struct ovl *o, struct layer *l, const struct lf_layer_cfg *cfg,
+                       struct layer *below, struct bc_sync *s, GError **errp)
+{
+    struct ovl_hdr *h = &o->f.h;
+    uint64_t fp = 0;
+
+    if (below == NULL || h->version < 2 ||
+        (!o->writable && (h->base_size == 0 || cfg->no_base_check)))
+        return true;
+    o->base_size = below->visible;
+    int r = below_fp(o, l, s, &fp);
+    if (r < 0) {
+        /* A bad sector in a sample should not keep the disk from working. */
+        g_message("%s: cannot read the layers below overlay %s for their fingerprint (%s): "
+                  "not checked", l->origin, cfg->path, g_strerror(-r));
+        o->base_size = 0;
+        return true;
+    }
+    bool moved = (h->flags & OVL_FLAG_COMMIT) ||
+                 (l->write_through && (h->flags & OVL_FLAG_DIRTY));
+    if (h->base_size != 0 && !cfg->no_base_check &&
+        ovl_count_present(o->f.bitmap, h->nblocks) > 0 &&
+        (h->base_size != o->base_size || (!moved && h->base_fp != fp))) {
+        g_set_error(errp, LF_ERROR, EINVAL,
+                    "%s: overlay %s was made over a stack below of %" PRIu64 " bytes with "
+                    "fingerprint %016" PRIx64 ", but the stack below is %" PRIu64 " bytes "
+                    "with fingerprint %016" PRIx64 " (another or a changed base; set "
+                    "base-check = false to use it anyway)", l->origin, cfg->path,
+                    h->base_size, h->base_fp, o->base_size, fp);
+        return false;
+    }
+    if (o->writable) {
+        h->base_size = o->base_size;
+        h->base_fp = fp;
+    }
+    return true;
+}
+
 /* ---- layer operations ---------------------------------------------------------------- */
 
 static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct layer *below,
@@ -395,7 +374,7 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
         }
         if (!ovl_create_file(cfg->path, size,
                              cfg->block_size ? (uint32_t)cfg->block_size : OVL_DEFAULT_BLOCK,
-                             &err)) {
+                             0, 0, &err)) {
             g_propagate_prefixed_error(errp, g_steal_pointer(&err), "%s: ", l->origin);
             return false;
         }
@@ -423,6 +402,17 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
         g_message("%s: overlay %s has an unfinished commit; the stack reads the same, "
                   "rerun layerfs-img commit to finish it", l->origin, cfg->path);
     o->writable = writable && !o->f.read_only;
+    if (o->writable && o->f.h.version < 2) {
+        if (!ovl_file_relayout(&o->f, cfg, o->f.h.size, &s, &err)) {
+            g_propagate_prefixed_error(errp, g_steal_pointer(&err), "%s: cannot upgrade "
+                                       "overlay %s to version 2: ", l->origin, cfg->path);
+            goto fail;
+        }
+        g_message("%s: upgraded overlay %s to version 2 (bitmap checksums, base "
+                  "fingerprint)", l->origin, cfg->path);
+    }
+    if (!base_check(o, l, cfg, below, &s, errp))
+        goto fail;
     if (o->writable) {
         o->f.h.flags |= OVL_FLAG_DIRTY;
         int r = ovl_file_write_header(&o->f, &s);
@@ -435,13 +425,16 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
     bc_sync_end(&s);
 
     sparse_init(&o->sp, l, o->f.h.size, o->f.h.block_size, &ovl_store, o);
-    assert(o->sp.bitmap_len == o->f.h.bitmap_len && o->sp.nblocks == o->f.h.nblocks);
+    assert(o->sp.bitmap_len == ovl_flat_len(o->f.h.nblocks) && o->sp.nblocks == o->f.h.nblocks);
+    assert(!o->writable || o->f.h.version >= 2);
     memcpy(o->sp.bitmap, o->f.bitmap, o->sp.bitmap_len);
     g_mutex_init(&o->flock);
     o->queue_tail = &o->queue;
-    o->cyc_copy = bc_buf_alloc(o->sp.bitmap_len);
+    o->cyc_copy = g_memdup2(o->f.bitmap, ovl_bitmap_mem_len(&o->f.h));
     o->cyc_pages = g_malloc0(o->sp.bitmap_len / SPARSE_PAGE);
-    o->cyc_iov = g_new0(struct iovec, o->sp.bitmap_len / SPARSE_PAGE);
+    o->cyc_chunks = g_malloc0(o->f.h.bitmap_len / OVL_CHUNK);
+    o->cyc_enc = bc_buf_alloc(o->f.h.bitmap_len);
+    o->cyc_iov = g_new0(struct iovec, o->f.h.bitmap_len / OVL_CHUNK);
     l->priv = o;
     l->size = o->f.h.size;
     l->block_size = o->f.h.block_size;
@@ -466,6 +459,10 @@ static int ovl_close(struct layer *l)
         if (bc_sync_begin(&s, NULL, NULL)) {
             ovl_flush(l, s.loop, bc_sync_cb, &s);
             res = bc_sync_wait(&s);
+            /* Writes through this overlay changed the base: record it as it now is. */
+            if (res == 0 && l->write_through && o->base_size != 0 &&
+                below_fp(o, l, &s, &o->f.h.base_fp) < 0)
+                o->f.h.base_size = o->f.h.base_fp = 0;  /* forget it: the next open records */
             if (res == 0) {
                 o->f.h.flags &= ~(uint32_t)OVL_FLAG_DIRTY;
                 res = ovl_file_write_header(&o->f, &s);
@@ -479,8 +476,10 @@ static int ovl_close(struct layer *l)
     }
     sparse_destroy(&o->sp);
     g_mutex_clear(&o->flock);
-    bc_buf_free(o->cyc_copy);
+    g_free(o->cyc_copy);
     g_free(o->cyc_pages);
+    g_free(o->cyc_chunks);
+    bc_buf_free(o->cyc_enc);
     g_free(o->cyc_iov);
     ovl_file_close(&o->f);
     g_free(o);
@@ -575,6 +574,7 @@ const struct layer_ops layer_fmt_overlay = {
     .format = "overlay",
     .has_block_size = true,
     .can_create = true,
+    .has_base = true,
     .open = ovl_open,
     .close = ovl_close,
     .present = ovl_present,

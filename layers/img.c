@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Offline overlay files, the lf_img_* API of layers.h behind layerfs-img: create, info,
- * check and repair, commit into the layer below.  Each call runs its I/O synchronously. */
+ * check and repair, commit into the layer below, resize and upgrade.  Each call runs its
+ * I/O synchronously. */
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
@@ -12,15 +13,6 @@ G_STATIC_ASSERT(LF_IMG_DEFAULT_BLOCK == OVL_DEFAULT_BLOCK);
 
 #define COMMIT_CHUNK (8u << 20)
 
-static uint64_t count_bits(const uint8_t *bm, uint64_t nblocks)
-{
-    uint64_t n = 0;
-
-    for (uint64_t i = 0; i < (nblocks + 7) / 8; i++)
-        n += (uint64_t)__builtin_popcount(bm[i]);
-    return n;
-}
-
 /* A raw file through the file driver, as the tool names it: path for every message. */
 static struct bc_dev *open_raw(const char *path, bool read_only, bool direct, GError **errp)
 {
@@ -30,25 +22,38 @@ static struct bc_dev *open_raw(const char *path, bool read_only, bool direct, GE
     return layer_open_dev(&c, read_only, direct, BC_LOCK_NONE, errp);
 }
 
-static uint64_t backing_size(const char *path, GError **errp)
+/* The size and fingerprint of the raw file path (an overlay's base): false + *errp. */
+static bool backing_fp(const char *path, uint64_t *size, uint64_t *fp, GError **errp)
 {
+    struct bc_sync s;
     struct bc_dev *dev = open_raw(path, true, false, errp);
 
     if (dev == NULL)
-        return 0;
-    uint64_t size = bc_dev_size(dev);
-    bc_dev_close(dev);
-    if (size == 0)
+        return false;
+    *size = bc_dev_size(dev);
+    int r = *size == 0 ? -EINVAL : !bc_sync_begin(&s, NULL, errp) ? -ENOMEM : 0;
+    if (r == 0) {
+        r = ovl_dev_fingerprint(dev, &s, fp);
+        bc_sync_end(&s);
+        if (r < 0)
+            g_set_error(errp, LF_ERROR, -r, "%s: cannot read it for its fingerprint: %s", path,
+                        g_strerror(-r));
+    } else if (*size == 0) {
         g_set_error(errp, LF_ERROR, EINVAL, "%s: backing file is empty", path);
-    return size;
+    }
+    bc_dev_close(dev);
+    return r == 0;
 }
 
 bool lf_img_create(const char *path, uint64_t size, const char *backing, uint64_t block_size,
                    GError **errp)
 {
-    if (backing != NULL && (size = backing_size(backing, errp)) == 0)
+    uint64_t fp = 0;
+
+    if (backing != NULL && !backing_fp(backing, &size, &fp, errp))
         return false;
-    return ovl_create_file(path, size, (uint32_t)MIN(block_size, UINT32_MAX), errp);
+    return ovl_create_file(path, size, (uint32_t)MIN(block_size, UINT32_MAX),
+                           backing ? size : 0, fp, errp);
 }
 
 static void fill_info(const struct ovl_file *f, struct lf_img_info *info)
@@ -58,7 +63,9 @@ static void fill_info(const struct ovl_file *f, struct lf_img_info *info)
         .size = f->h.size,
         .block_size = f->h.block_size,
         .blocks = f->h.nblocks,
-        .blocks_present = count_bits(f->bitmap, f->h.nblocks),
+        .blocks_present = ovl_count_present(f->bitmap, f->h.nblocks),
+        .base_size = f->h.base_size,
+        .base_fp = f->h.base_fp,
         .dirty = f->h.flags & OVL_FLAG_DIRTY,
         .commit = f->h.flags & OVL_FLAG_COMMIT,
     };
@@ -87,11 +94,15 @@ static void repair(struct ovl_file *f, struct bc_sync *s, const char *path, uint
 {
     int r = 0;
 
-    if (bad > 0) {
+    /* A bad chunk's bits were left zero by the decoder: writing the bitmap drops its
+     * blocks (they read from the layers below again) and gives it a valid checksum. */
+    if (bad > 0 || f->bad_chunks > 0) {
         ovl_bitmap_repair(&f->h, f->bitmap, f->file_size);
         r = ovl_file_write_bitmap(f, s);
-        if (r == 0)
+        if (r == 0) {
             c->bits_cleared = bad;
+            c->chunks_dropped = f->bad_chunks;
+        }
     }
     if (r == 0 && c->file_size < c->want_size) {
         if (truncate(path, (off_t)c->want_size) < 0)
@@ -126,6 +137,8 @@ bool lf_img_check(const char *path, bool repair_it, struct lf_img_check *c, GErr
     fill_info(&f, &c->info);
     c->file_size = f.file_size;
     c->want_size = ovl_file_size(&f.h);
+    c->chunk_problem = g_steal_pointer(&f.chunk_problem);
+    c->bad_chunks = f.bad_chunks;
     if (!ovl_bitmap_check(&f.h, f.bitmap, f.file_size, path, &bad, &err))
         c->bitmap_problem = g_strdup(err->message);
     if (repair_it)
@@ -206,6 +219,31 @@ static int copy_blocks(struct ovl_file *f, struct bc_dev *base, struct bc_sync *
     return ovl_file_write_header(f, s);
 }
 
+/* The fingerprint check of a commit (see base_check() in fmt-overlay.c): skipped with
+ * force, with nothing recorded or present, and when resuming a commit. */
+static bool base_matches(struct ovl_file *f, struct bc_dev *bdev, const char *base, bool force,
+                         struct bc_sync *s, GError **errp)
+{
+    uint64_t fp = 0;
+
+    if (force || f->h.base_size == 0 || (f->h.flags & OVL_FLAG_COMMIT) ||
+        ovl_count_present(f->bitmap, f->h.nblocks) == 0)
+        return true;
+    int r = ovl_dev_fingerprint(bdev, s, &fp);
+    if (r < 0) {
+        g_set_error(errp, LF_ERROR, -r, "%s: cannot read it for its fingerprint: %s", base,
+                    g_strerror(-r));
+        return false;
+    }
+    if (bc_dev_size(bdev) == f->h.base_size && fp == f->h.base_fp)
+        return true;
+    g_set_error(errp, LF_ERROR, EINVAL, "%s: overlay %s was made over a base of %" PRIu64
+                " bytes with fingerprint %016" PRIx64 ", but this one is %" PRIu64 " bytes "
+                "with fingerprint %016" PRIx64 " (another or a changed base; --force commits "
+                "anyway)", base, f->path, f->h.base_size, f->h.base_fp, bc_dev_size(bdev), fp);
+    return false;
+}
+
 enum lf_img_commit_status lf_img_commit(const char *overlay, const char *base, bool force,
                                         uint64_t *blocks, uint32_t *block_size,
                                         GError **errp)
@@ -237,7 +275,16 @@ enum lf_img_commit_status lf_img_commit(const char *overlay, const char *base, b
         st = LF_IMG_BAD_BASE;
         goto out;
     }
+    if (!base_matches(&f, bdev, base, force, &s, errp)) {
+        st = LF_IMG_BAD_BASE;
+        goto out;
+    }
     int r = copy_blocks(&f, bdev, &s, blocks);
+    /* The base changed: the (now empty) overlay was made over the base as it is now. */
+    if (r == 0 && f.h.version >= 2 && (r = ovl_dev_fingerprint(bdev, &s, &f.h.base_fp)) == 0) {
+        f.h.base_size = bc_dev_size(bdev);
+        r = ovl_file_write_header(&f, &s);
+    }
     if (r < 0) {
         g_set_error(errp, LF_ERROR, -r, "%s", g_strerror(-r));
         st = LF_IMG_IO_ERROR;
@@ -250,4 +297,72 @@ out:
     ovl_file_close(&f);
     bc_sync_end(&s);
     return st;
+}
+
+/* Re-lay out path as a version-2 overlay of size bytes (0: its own size; with base and
+ * size_from_base: base's size), then record base's size and fingerprint.  Without a base,
+ * a size change forgets the record (the base must have changed too): the next writable
+ * open records the stack below as it then is.  *upgraded: the file was version 1. */
+static bool relayout(const char *path, uint64_t size, bool size_from_base, const char *base,
+                     bool *upgraded, GError **errp)
+{
+    struct bc_sync s;
+    struct ovl_file f;
+    uint64_t bsize = 0, fp = 0;
+    bool ok = false;
+
+    *upgraded = false;
+    if (base != NULL && !backing_fp(base, &bsize, &fp, errp))
+        return false;
+    if (size_from_base)
+        size = bsize;
+    if (!bc_sync_begin(&s, NULL, errp))
+        return false;
+    if (!ovl_file_open(&f, path, NULL, false, true, 0, &s, errp)) {
+        bc_sync_end(&s);
+        return false;
+    }
+    uint64_t old = f.h.size;
+    if (size == 0)
+        size = old;
+    if (size < old) {
+        g_set_error(errp, LF_ERROR, EINVAL, "%s: cannot shrink an overlay from %" PRIu64
+                    " to %" PRIu64 " bytes: the blocks past the new end would be lost", path,
+                    old, size);
+        goto out;
+    }
+    if (f.read_only) {
+        g_set_error(errp, LF_ERROR, EROFS, "%s: cannot be opened for writing", path);
+        goto out;
+    }
+    *upgraded = f.h.version < 2;
+    if ((size != old || f.h.version < 2) && !ovl_file_relayout(&f, NULL, size, &s, errp))
+        goto out;
+    if (base != NULL || (size != old && f.h.base_size != 0)) {
+        f.h.base_size = bsize;
+        f.h.base_fp = fp;
+        int r = ovl_file_write_header(&f, &s);
+        if (r < 0) {
+            g_set_error(errp, LF_ERROR, -r, "%s: cannot write the header: %s", path,
+                        g_strerror(-r));
+            goto out;
+        }
+    }
+    ok = true;
+out:
+    ovl_file_close(&f);
+    bc_sync_end(&s);
+    return ok;
+}
+
+bool lf_img_resize(const char *path, uint64_t size, const char *base, GError **errp)
+{
+    bool upgraded;
+
+    return relayout(path, size, size == 0, base, &upgraded, errp);
+}
+
+bool lf_img_upgrade(const char *path, const char *base, bool *upgraded, GError **errp)
+{
+    return relayout(path, 0, false, base, upgraded, errp);
 }

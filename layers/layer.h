@@ -38,6 +38,8 @@ struct layer_ops {
     bool has_block_size;
     /* create = true makes a new image when the path does not exist (checked at open). */
     bool can_create;
+    /* Remembers the stack below it and takes the base-check key. */
+    bool has_base;
     /* Open: fill l->size, l->block_size, l->read_only; set l->priv. false + *errp on error.
      * below is the layer under this one (NULL for the bottom), already open. */
     bool (*open)(struct layer *l, const struct lf_layer_cfg *cfg, struct layer *below,

@@ -28,6 +28,7 @@ struct lf_layer_cfg {
     bool write_through;
     bool create;
     uint64_t block_size;    /* overlay block size; 0 = format default */
+    bool no_base_check;     /* base-check = false: use an overlay over any base */
     GHashTable *driver_opts;/* driver-specific keys, char* -> char* */
     char *origin;           /* "FILE:GROUP" for messages */
 };
@@ -109,6 +110,8 @@ struct lf_img_info {
     uint64_t blocks_present;
     bool dirty;                 /* in use, or not closed cleanly */
     bool commit;                /* a commit into the layer below was interrupted */
+    uint64_t base_size;         /* the stack below it was made over: size (0: unknown) */
+    uint64_t base_fp;           /* and fingerprint */
 };
 
 /* What lf_img_check found and, with repair, fixed. */
@@ -117,6 +120,10 @@ struct lf_img_check {
     uint64_t file_size;         /* a problem when below want_size */
     uint64_t want_size;         /* where the data region ends */
     char *bitmap_problem;       /* the bitmap's first problem, or NULL; g_free() it */
+    char *chunk_problem;        /* the first bitmap chunk with a bad checksum, or NULL;
+                                 * g_free() it */
+    uint64_t bad_chunks;        /* how many chunks have one */
+    uint64_t chunks_dropped;    /* repair: bad chunks rewritten empty (blocks dropped) */
     uint64_t bits_cleared;      /* repair: bad presence bits cleared */
     bool extended;              /* repair: the file was extended to want_size */
     bool marked_clean;          /* repair: the dirty flag was cleared */
@@ -140,6 +147,12 @@ bool lf_img_create(const char *path, uint64_t size, const char *backing, uint64_
 bool lf_img_info(const char *path, struct lf_img_info *info, GError **errp);
 /* Check (with repair, fix) an overlay into *c; false + *errp if it does not open. */
 bool lf_img_check(const char *path, bool repair, struct lf_img_check *c, GError **errp);
+/* Grow an overlay to size bytes (0: base's size), crash-safely; record base (may be NULL)
+ * as the stack below.  false + *errp (also for a smaller size). */
+bool lf_img_resize(const char *path, uint64_t size, const char *base, GError **errp);
+/* Upgrade an overlay to the current version, crash-safely (*upgraded: it was older);
+ * record base (may be NULL) as the stack below.  false + *errp. */
+bool lf_img_upgrade(const char *path, const char *base, bool *upgraded, GError **errp);
 /* Merge overlay into the raw file base below it, resumably: how it ended, *blocks copied. */
 enum lf_img_commit_status lf_img_commit(const char *overlay, const char *base, bool force,
                                         uint64_t *blocks, uint32_t *block_size,

@@ -4,7 +4,9 @@
 # every input of the seed corpus t/fuzz/corpus/overlay/ runs clean, then a bounded fuzzing
 # run from it finds no crash.  LAYERFS_FUZZ_SECONDS sets its length (20).  Each input is
 # an overlay's header and bitmap then its file size (u64, little-endian): valid-* made by
-# layerfs-img create (some with blocks marked present), the others corrupted from those.
+# layerfs-img create (some with blocks marked present), the others corrupted from those;
+# v2-* are version 2 files (whole, when small: one with its bitmap moved past the data
+# by a resize) and two with a bad bitmap chunk.
 . "$(dirname "$0")/tap.sh"
 FUZZ=$BUILDDIR/t/bin/overlay-fuzz
 CORPUS=$T_SRCDIR/fuzz/corpus/overlay

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* layerfs-img: create, inspect, check, map and commit layerfs overlay files (offline).
+/* layerfs-img: create, inspect, check, map, commit, resize and upgrade layerfs overlay
+ * files (offline).
  * See man/layerfs-img.1.  A thin command line over the lf_img_* calls of layers/layers.h. */
 #include <getopt.h>
 #include <inttypes.h>
@@ -48,15 +49,20 @@ static void usage(void)
            "                      which layer of DISK's stack holds each extent\n"
            "  commit [--force] OVERLAY BASE\n"
            "                      merge OVERLAY into the raw file BASE below it (resumable)\n"
+           "  resize [-B BASE] OVERLAY [SIZE]\n"
+           "                      grow OVERLAY to SIZE (or BASE's size) and record BASE\n"
+           "  upgrade [-B BASE] OVERLAY\n"
+           "                      convert OVERLAY to the current format version\n"
            "\n"
            "Options:\n"
            "  -s, --size SIZE         virtual size (K, M, G, T suffixes)\n"
-           "  -B, --backing FILE      take the size from FILE\n"
+           "  -B, --backing FILE      take the size (and the base fingerprint) from FILE\n"
            "  -b, --block-size SIZE   overlay block size (default 64K)\n"
            "      --json              machine-readable output\n"
            "      --repair            fix problems check finds\n"
            "  -c, --config FILE       layerfs configuration file (for map)\n"
-           "      --force             commit an overlay whose header says it is in use\n"
+           "      --force             commit an overlay whose header says it is in use, or\n"
+           "                          into a base other than the one it was made over\n"
            "  -h, --help              show this help\n"
            "  -V, --version           show the version\n"
            "\n"
@@ -137,9 +143,11 @@ static int cmd_info(const struct opts *o, int argc, char **argv)
         printf("{\"file\": \"%s\", \"format\": \"overlay\", \"version\": %u, "
                "\"virtual-size\": %" PRIu64 ", \"block-size\": %u, \"blocks\": %" PRIu64 ", "
                "\"blocks-present\": %" PRIu64 ", \"bytes-present\": %" PRIu64 ", "
-               "\"clean\": %s, \"commit-in-progress\": %s}\n", path, f.version, f.size,
+               "\"clean\": %s, \"commit-in-progress\": %s, \"base-size\": %" PRIu64 ", "
+               "\"base-fingerprint\": \"%016" PRIx64 "\"}\n", path, f.version, f.size,
                f.block_size, f.blocks, present, present * f.block_size,
-               f.dirty ? "false" : "true", f.commit ? "true" : "false");
+               f.dirty ? "false" : "true", f.commit ? "true" : "false", f.base_size,
+               f.base_fp);
     } else {
         printf("file:            %s\n"
                "format:          overlay, version %u\n"
@@ -151,6 +159,11 @@ static int cmd_info(const struct opts *o, int argc, char **argv)
                f.blocks, present, present * f.block_size,
                f.dirty ? "dirty (in use, or not closed cleanly)" : "clean",
                f.commit ? ", commit in progress" : "");
+        if (f.base_size != 0)
+            printf("base:            %" PRIu64 " bytes, fingerprint %016" PRIx64 "\n",
+                   f.base_size, f.base_fp);
+        else
+            printf("base:            not recorded\n");
     }
     return 0;
 }
@@ -175,6 +188,14 @@ static int cmd_check(const struct opts *o, int argc, char **argv)
                " bytes\n", path, c.want_size, c.file_size);
         problems++;
     }
+    if (c.chunk_problem != NULL) {
+        printf("%s\n", c.chunk_problem);
+        if (c.bad_chunks > 1)
+            printf("%s: %" PRIu64 " bitmap chunks in all have a bad checksum\n", path,
+                   c.bad_chunks);
+        g_free(c.chunk_problem);
+        problems++;
+    }
     if (c.bitmap_problem != NULL) {
         printf("%s\n", c.bitmap_problem);
         g_free(c.bitmap_problem);
@@ -186,8 +207,17 @@ static int cmd_check(const struct opts *o, int argc, char **argv)
                "clean)");
     if (c.info.commit)
         printf("%s: a commit was interrupted; rerun '" PROG " commit' to finish it\n", path);
+    if (c.info.version < 2)
+        printf("%s: version 1: its bitmap has no checksums ('" PROG " upgrade' adds them)\n",
+               path);
 
     if (o->repair) {
+        if (c.chunks_dropped > 0) {
+            printf("%s: DROPPED the blocks of %" PRIu64 " bitmap chunks with a bad checksum: "
+                   "those blocks now read from the layers below (their data is still in the "
+                   "file)\n", path, c.chunks_dropped);
+            fixed++;
+        }
         if (c.bits_cleared > 0) {
             printf("%s: cleared %" PRIu64 " bad presence bits\n", path, c.bits_cleared);
             fixed++;
@@ -273,6 +303,35 @@ static int cmd_map(const struct opts *o, int argc, char **argv)
     return r < 0 ? EXIT_PROBLEMS : 0;
 }
 
+/* ---- resize, upgrade ----------------------------------------------------------------- */
+
+static int cmd_resize(const struct opts *o, int argc, char **argv)
+{
+    uint64_t size = 0;
+    GError *err = NULL;
+
+    if (argc < 1 || argc > 2 || (argc == 1 && o->backing == NULL))
+        die_usage("resize: expected OVERLAY and SIZE (or -B BASE and OVERLAY)");
+    if (argc == 2 && !bc_parse_size(argv[1], &size))
+        die_usage("resize: '%s' is not a size", argv[1]);
+    if (!lf_img_resize(argv[0], size, o->backing, &err))
+        return fail_err(err);
+    return 0;
+}
+
+static int cmd_upgrade(const struct opts *o, int argc, char **argv)
+{
+    GError *err = NULL;
+    bool upgraded;
+
+    if (argc != 1)
+        die_usage("upgrade: expected one OVERLAY argument");
+    if (!lf_img_upgrade(argv[0], o->backing, &upgraded, &err))
+        return fail_err(err);
+    printf("%s: %s\n", argv[0], upgraded ? "upgraded to version 2" : "already version 2");
+    return 0;
+}
+
 /* ---- commit ------------------------------------------------------------------------ */
 
 static int cmd_commit(const struct opts *o, int argc, char **argv)
@@ -355,6 +414,10 @@ int main(int argc, char **argv)
         return cmd_check(&o, argc, argv);
     if (strcmp(cmd, "commit") == 0)
         return cmd_commit(&o, argc, argv);
+    if (strcmp(cmd, "resize") == 0)
+        return cmd_resize(&o, argc, argv);
+    if (strcmp(cmd, "upgrade") == 0)
+        return cmd_upgrade(&o, argc, argv);
     die_usage("unknown command '%s'", cmd);
     return EXIT_USAGE;
 }

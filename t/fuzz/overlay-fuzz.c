@@ -3,7 +3,7 @@
  * Built as t/bin/overlay-fuzz with clang when configure finds libFuzzer, and run by
  * t/2025 from the seed corpus t/fuzz/corpus/overlay/; by hand, for longer:
  *   build/t/bin/overlay-fuzz -max_total_time=600 NEW-DIR t/fuzz/corpus/overlay
- * The input is an overlay's header and bitmap, then its file size (u64, little-endian) in
+ * The input is an overlay's header and bitmap (version 1 or 2), then its file size (u64, little-endian) in
  * the last 8 bytes when the input is longer than the header plus 8; a shorter input is
  * taken as the whole file, its length the file size.  t/unit/layers-overlay.c runs a
  * deterministic mutation loop over the same functions in every test run. */
@@ -33,13 +33,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     if (h.bitmap_off + h.bitmap_len <= size) {
-        uint8_t *bm = g_memdup2(data + h.bitmap_off, h.bitmap_len);
+        uint8_t *bm = g_malloc(ovl_bitmap_mem_len(&h));
+        uint64_t nbad = 0;
+        if (!ovl_bitmap_decode(&h, data + h.bitmap_off, bm, "fuzz", &nbad, &err))
+            g_clear_error(&err);
         if (!ovl_bitmap_check(&h, bm, file_size, "fuzz", NULL, &err))
             g_clear_error(&err);
         ovl_bitmap_repair(&h, bm, file_size);
         uint64_t bad = 0;
         if (!ovl_bitmap_check(&h, bm, file_size, "fuzz", &bad, &err))
             __builtin_trap();   /* repair must leave nothing to complain about */
+        /* What repair writes back decodes to the same bits. */
+        uint8_t *disk = g_malloc(h.bitmap_len), *again = g_malloc(ovl_bitmap_mem_len(&h));
+        ovl_bitmap_encode(&h, bm, disk);
+        if (!ovl_bitmap_decode(&h, disk, again, "fuzz", NULL, NULL) ||
+            memcmp(bm, again, ovl_bitmap_mem_len(&h)) != 0)
+            __builtin_trap();
+        g_free(disk);
+        g_free(again);
         g_free(bm);
     }
     return 0;

@@ -34,6 +34,14 @@ static void fix_crc(uint8_t *h)
     put32(h + 68, ovl_crc32(h, OVL_HEADER_USED));
 }
 
+/* Give chunk c of the (version 2) bitmap a valid checksum again. */
+static void fix_chunk(uint8_t *img, uint64_t c)
+{
+    uint8_t *p = img + OVL_HEADER_SIZE + c * OVL_CHUNK;
+
+    put32(p + OVL_CHUNK - 4, ovl_crc32c(p, OVL_CHUNK - 4));
+}
+
 static void make_image(void)
 {
     g_autofree char *bpath = g_build_filename(dir, "base.raw", NULL);
@@ -111,9 +119,9 @@ static void test_header_fields(void)
     EXPECT(m, image_len, "bad magic", "offset 0");
 
     memcpy(m, image, image_len);
-    put32(m + 8, 2);
+    put32(m + 8, 3);
     fix_crc(m);
-    EXPECT(m, image_len, "offset 8", "version 2");
+    EXPECT(m, image_len, "offset 8", "version 3");
 
     memcpy(m, image, image_len);
     m[17] ^= 1;     /* size changed, checksum not updated */
@@ -155,7 +163,14 @@ static void test_bitmap(void)
     g_autofree uint8_t *m = g_memdup2(image, image_len);
     /* 1 MiB in 4 KiB blocks: 256 blocks, 32 bitmap bytes; set a bit past the last block. */
     m[4096 + 40] = 0x10;
+    EXPECT(m, image_len, "bitmap chunk at offset 4096", "checksum", "blocks 0 to 255");
+    fix_chunk(m, 0);
     EXPECT(m, image_len, "bitmap at offset 4136", "block 324", "256 blocks");
+    /* A valid chunk in the wrong place. */
+    memcpy(m, image, image_len);
+    put32(m + 4096 + OVL_CHUNK_DATA, 7);
+    fix_chunk(m, 0);
+    EXPECT(m, image_len, "bitmap chunk at offset 4096", "chunk number 7, expected 0");
 }
 
 /* Deterministic mutations of header and bitmap through the pure parser, plus a sample of
@@ -191,7 +206,12 @@ static void test_fuzz(void)
         g_assert_cmpuint(h.bitmap_off + h.bitmap_len, <=, fsize);
         if (h.bitmap_off + h.bitmap_len <= len) {
             uint64_t bad = 0;
-            if (!ovl_bitmap_check(&h, m + h.bitmap_off, fsize, "fuzz", &bad, &err)) {
+            g_autofree uint8_t *flat = g_malloc(ovl_bitmap_mem_len(&h));
+            if (!ovl_bitmap_decode(&h, m + h.bitmap_off, flat, "fuzz", NULL, &err)) {
+                g_assert_true(g_str_has_prefix(err->message, "fuzz: corrupt overlay bitmap"));
+                g_clear_error(&err);
+            }
+            if (!ovl_bitmap_check(&h, flat, fsize, "fuzz", &bad, &err)) {
                 g_assert_cmpuint(bad, >, 0);
                 g_error_free(err);
             }

@@ -288,7 +288,7 @@ static void test_validate(void)
     g_autofree char *opath = g_build_filename(dir, "o.ovl", NULL);
     g_free(lt_make_file(bpath, MIB, 3));
     g_autoptr(GError) err = NULL;
-    g_assert_true(ovl_create_file(opath, MIB, 65536, &err));
+    g_assert_true(ovl_create_file(opath, MIB, 65536, 0, 0, &err));
 
     struct lf_layer_cfg *a, *b;
     /* The last layer may not be write-through. */
