@@ -1,7 +1,8 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
 # layerfs-img commit zeroes (punches) the base where present blocks read as zeros, so a
-# sparse base stays sparse, and leaves the overlay taking almost no space.
+# sparse base stays sparse, and leaves the overlay taking almost no space; check --repair
+# says when there was nothing to repair.
 . "$(dirname "$0")/tap.sh"
 require_fuse
 require_cmd python3 fallocate stat
@@ -103,4 +104,16 @@ cp "$S/mnt/b" "$S/big.view"
 stop_daemon
 ok "commit of 64 MiB blocks" env LAYERFS_BUF_POOL=0 "$IMG" commit "$S/big.ovl" "$S/big.raw"
 cmp_file "$S/big.raw" "$S/big.view" "the base equals what the disk showed"
+
+# ---- check --repair says what it did, or that there was nothing to do
+out=$("$IMG" check --repair "$S/top.ovl"); rc=$?
+is "$rc" 0 "check --repair on a clean overlay exits 0"
+like "$out" "top.ovl: ok: 0 of 256 blocks present; nothing to repair" \
+    "check --repair says the overlay is clean and nothing was repaired"
+cp "$S/top.ovl" "$S/bad.ovl"
+printf '\xff' | dd of="$S/bad.ovl" bs=1 seek=$((4096 + 100)) conv=notrunc status=none
+out=$("$IMG" check --repair "$S/bad.ovl")
+like "$out" "bad.ovl: cleared 8 bad presence bits" "check --repair says what it repaired"
+is "$(printf '%s\n' "$out" | grep -c 'nothing to repair')" 0 \
+    "and does not claim there was nothing to repair"
 done_testing

@@ -202,6 +202,9 @@ static int cmd_check(const struct opts *o, int argc, char **argv)
             fprintf(stderr, PROG ": %s: repair failed: %s\n", path, g_strerror(-c.repair_err));
             return EXIT_PROBLEMS;
         }
+        if (problems == 0 && !c.marked_clean)
+            printf("%s: ok: %" PRIu64 " of %" PRIu64 " blocks present; nothing to repair\n",
+                   path, c.info.blocks_present, c.info.blocks);
         return fixed == problems ? 0 : EXIT_PROBLEMS;
     }
     if (problems == 0)
