@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 # layerfs-img commit zeroes (punches) the base where present blocks read as zeros, so a
 # sparse base stays sparse, and leaves the overlay taking almost no space; check --repair
-# says when there was nothing to repair.
+# says when there was nothing to repair; map --json numbers layers from 1, as messages do.
 . "$(dirname "$0")/tap.sh"
 require_fuse
 require_cmd python3 fallocate stat
@@ -51,6 +51,22 @@ fallocate -z -o $((8 * MIB + MIB / 2)) -l $((MIB / 4)) "$S/mnt/d"
 cp "$S/mnt/d" "$S/view"
 stop_daemon
 is "$DAEMON_STATUS" 0 "layerfs wrote the overlay and exited 0"
+
+# ---- map --json: the top is layer 1, as in messages
+json=$("$IMG" map --json -c "$S/layerfs.conf" d)
+like "$json" '"offset": 0, "length": 2097152, "layer": "base", "index": 2, "format": "raw"' \
+    "map --json: the base is layer 2"
+like "$json" '"offset": 2097152, "length": 4194304, "layer": "top", "index": 1, "format": "overlay"' \
+    "map --json: the top is layer 1"
+is "$(printf '%s\n' "$json" | grep -c '"index": 0\|"index": -1')" 0 \
+    "map --json: no layer is numbered 0 or -1"
+# A disk of one empty overlay reads as zeros: no layer, no index.
+ok "create a lone overlay" "$IMG" create -s 1M "$S/lone.ovl"
+printf '[disk z]\nlayers = lone\n\n[layer lone]\nformat = overlay\npath = %s\n' \
+    "$S/lone.ovl" >"$S/lone.conf"
+like "$("$IMG" map --json -c "$S/lone.conf" z)" \
+    '"offset": 0, "length": 1048576, "layer": null, "index": null, "zero": true' \
+    "map --json: zeros have no index"
 
 # ---- commit: the zeroed blocks do not grow the base
 base_before=$(alloc "$S/base.raw")
