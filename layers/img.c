@@ -167,12 +167,128 @@ static int sync_flush(struct bc_dev *dev, struct bc_sync *s)
 }
 
 /*
+ * Notes on the design: the commit data path
+ *
  * Crash safety: the COMMIT flag is set durably first; blocks are copied to the base and the
  * base is flushed before their presence bits are cleared and the bitmap is flushed; the
- * flag is cleared last.  Interrupted anywhere, every block is either still present in the
- * overlay (and the base may or may not hold the same bytes: the stack reads the same) or
- * durably in the base; rerunning the command finishes the job.
+ * flag is cleared last, and only then is the overlay's data area given back (discarded:
+ * nothing reads an absent block's bytes).  Interrupted anywhere, every block is either
+ * still present in the overlay (and the base may or may not hold the same bytes: the stack
+ * reads the same) or durably in the base; rerunning the command finishes the job, and an
+ * overlay left unpunched is punched by the next commit.
+ *
+ * Zeros: a present block that is a hole in the overlay file (its block status) or reads as
+ * zeros is not copied: the base range is zeroed with write-zeroes and unmap, which punches
+ * holes where the base can, so a sparse base stays sparse.  Runs of blocks of one kind are
+ * merged into one request; a batch reads at most COMMIT_CHUNK bytes of data (one block if
+ * blocks are larger), and holes do not count against it.
  */
+struct commit {
+    struct ovl_file *f;
+    struct bc_dev *base;
+    struct bc_sync *s;
+    uint8_t *buf;           /* chunk bytes of overlay data, buf[0] at buf_off */
+    uint64_t buf_off;
+    uint64_t zoff, zend;    /* base range still to be zeroed (none when equal) */
+    uint64_t doff, dend;    /* base range still to be written from buf (none when equal) */
+};
+
+static bool buf_is_zero(const uint8_t *p, size_t len)
+{
+    return len == 0 || (p[0] == 0 && memcmp(p, p + 1, len - 1) == 0);
+}
+
+static int put_zeroes(struct commit *c)
+{
+    uint64_t off = c->zoff, len = c->zend - c->zoff;
+
+    c->zoff = c->zend = 0;
+    if (len == 0)
+        return 0;
+    bc_dev_write_zeroes(c->base, c->s->loop, off, len, BC_REQ_MAY_UNMAP, bc_sync_cb, c->s);
+    return bc_sync_wait(c->s);
+}
+
+static int put_data(struct commit *c)
+{
+    uint64_t off = c->doff, len = c->dend - c->doff;
+
+    c->doff = c->dend = 0;
+    if (len == 0)
+        return 0;
+    return sync_io(c->base, c->s, true, c->buf + (off - c->buf_off), len, off);
+}
+
+/* Zero [off, end) of the base, merged with the range waiting just before it. */
+static int add_zeroes(struct commit *c, uint64_t off, uint64_t end)
+{
+    int r = 0;
+
+    if (c->zend != off && (r = put_zeroes(c)) < 0)
+        return r;
+    if (c->zend == c->zoff)
+        c->zoff = off;
+    c->zend = end;
+    return 0;
+}
+
+/* Copy [off, off + len) (block-aligned, within the present run) from the overlay: read it
+ * whole, then write its data blocks and zero its zero blocks, each kind merged. */
+static int copy_range(struct commit *c, uint64_t off, uint64_t len)
+{
+    uint32_t bs = c->f->h.block_size;
+    int r = sync_io(c->f->dev, c->s, false, c->buf, len, c->f->h.data_off + off);
+
+    c->buf_off = off;
+    for (uint64_t p = off; p < off + len && r == 0; p += bs) {
+        uint64_t n = MIN(bs, off + len - p);
+        if (buf_is_zero(c->buf + (p - off), n)) {
+            r = add_zeroes(c, p, p + n);
+        } else {
+            if (c->dend != p)
+                r = put_data(c);
+            if (c->dend == c->doff)
+                c->doff = p;
+            c->dend = p + n;
+        }
+    }
+    if (r == 0)
+        r = put_data(c);    /* buf is read over next time */
+    return r;
+}
+
+/* Commit the present blocks [*b, e), reading at most *budget bytes: holes of the overlay
+ * file are zeroed, the rest copied.  Advances *b past what was done. */
+static int commit_run(struct commit *c, uint64_t *b, uint64_t e, uint64_t *budget)
+{
+    const struct ovl_hdr *h = &c->f->h;
+    uint64_t bs = h->block_size, off = *b * bs, end = MIN(e * bs, h->size);
+    int r = 0;
+
+    while (off < end && *budget > 0 && r == 0) {
+        uint64_t n = 0;
+        int st = bc_dev_block_status(c->f->dev, h->data_off + off, end - off, &n);
+        n = MIN(n, end - off);
+        uint64_t hole = st == 0 ? n / bs * bs : 0;    /* whole blocks of hole */
+        if (hole > 0) {
+            r = add_zeroes(c, off, off + hole);
+            off += hole;
+            continue;
+        }
+        /* Data (or a status error: read it to be safe), to the next whole block. */
+        if (st == 1 && n > 0)
+            n = MIN((n + bs - 1) / bs * bs, end - off);
+        else
+            n = st < 0 ? end - off : MIN(bs, end - off);
+        n = MIN(n, *budget);
+        r = copy_range(c, off, n);
+        off += n;
+        *budget -= n;
+    }
+    *b = (off + bs - 1) / bs;
+    return r;
+}
+
 static int copy_blocks(struct ovl_file *f, struct bc_dev *base, struct bc_sync *s,
                        uint64_t *committed)
 {
@@ -182,27 +298,27 @@ static int copy_blocks(struct ovl_file *f, struct bc_dev *base, struct bc_sync *
     if ((r = ovl_file_write_header(f, s)) < 0)
         return r;
 
-    uint8_t *buf = bc_buf_alloc(COMMIT_CHUNK);
-    uint32_t bs = f->h.block_size;
-    uint64_t per = MAX(COMMIT_CHUNK / bs, 1);
-    for (uint64_t b = 0; b < f->h.nblocks && r == 0;) {
-        /* Copy up to `per` blocks' worth of runs, flush the base, then clear their bits. */
-        uint64_t start = b, done = 0;
-        while (b < f->h.nblocks && done < per && r == 0) {
+    /* A whole number of blocks: a block never straddles two batches. */
+    uint64_t chunk = MAX(COMMIT_CHUNK, f->h.block_size), nblocks = f->h.nblocks;
+    struct commit c = { .f = f, .base = base, .s = s, .buf = bc_buf_alloc(chunk) };
+    for (uint64_t b = 0; b < nblocks && r == 0;) {
+        /* Commit up to a chunk's worth of data, flush the base, then clear the blocks'
+         * bits. */
+        uint64_t start = b, budget = chunk, done = 0;
+        while (b < nblocks && budget > 0 && r == 0) {
             if (!bit_get(f->bitmap, b)) {
                 b++;
                 continue;
             }
             uint64_t e = b + 1;
-            while (e < f->h.nblocks && e - b < per - done && bit_get(f->bitmap, e))
+            while (e < nblocks && bit_get(f->bitmap, e))
                 e++;
-            uint64_t off = b * bs, len = MIN(e * (uint64_t)bs, f->h.size) - off;
-            r = sync_io(f->dev, s, false, buf, len, f->h.data_off + off);
-            if (r == 0)
-                r = sync_io(base, s, true, buf, len, off);
-            done += e - b;
-            b = e;
+            r = commit_run(&c, &b, e, &budget);
         }
+        if (r == 0)
+            r = put_zeroes(&c);
+        for (uint64_t k = start; k < b; k++)
+            done += bit_get(f->bitmap, k);
         if (r == 0 && done > 0)
             r = sync_flush(base, s);
         if (r == 0 && done > 0) {
@@ -212,11 +328,19 @@ static int copy_blocks(struct ovl_file *f, struct bc_dev *base, struct bc_sync *
             *committed += done;
         }
     }
-    bc_buf_free(buf);
+    bc_buf_free(c.buf);
     if (r < 0)
         return r;
     f->h.flags &= ~(uint32_t)(OVL_FLAG_COMMIT | OVL_FLAG_DIRTY);
-    return ovl_file_write_header(f, s);
+    if ((r = ovl_file_write_header(f, s)) < 0)
+        return r;
+    /* Every bit is durably clear: give the data area's space back.  Advisory: a failure
+     * leaves only space in use, which the next commit gives back. */
+    bc_dev_discard(f->dev, s->loop, f->h.data_off, f->h.nblocks * f->h.block_size,
+                   bc_sync_cb, s);
+    if (bc_sync_wait(s) == 0)
+        (void)sync_flush(f->dev, s);
+    return 0;
 }
 
 /* The fingerprint check of a commit (see base_check() in fmt-overlay.c): skipped with

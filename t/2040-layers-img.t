@@ -80,7 +80,7 @@ if [ -c /dev/fuse ] && command -v fusermount3 >/dev/null; then
     like "$map" "^131072 +524288 +top" "map: the blocks dd wrote come from top"
     like "$map" "^6291456 +1114112 +top" "map: the 1M write and the punched block come from top"
     json=$("$IMG" map --json -c "$S/layerfs.conf" d)
-    like "$json" '"offset": 131072, "length": 524288, "layer": "top", "index": 0, "format": "overlay"' "map --json"
+    like "$json" '"offset": 131072, "length": 524288, "layer": "top", "index": 1, "format": "overlay"' "map --json"
     ok "commit into the base" "$IMG" commit "$S/top.ovl" "$S/base.raw"
     cmp_file "$S/base.raw" "$S/view" "after commit the base equals what the disk showed"
     like "$("$IMG" info "$S/top.ovl")" "blocks present: +0 " "the overlay is empty after commit"

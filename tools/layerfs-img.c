@@ -232,6 +232,9 @@ static int cmd_check(const struct opts *o, int argc, char **argv)
             fprintf(stderr, PROG ": %s: repair failed: %s\n", path, g_strerror(-c.repair_err));
             return EXIT_PROBLEMS;
         }
+        if (problems == 0 && !c.marked_clean)
+            printf("%s: ok: %" PRIu64 " of %" PRIu64 " blocks present; nothing to repair\n",
+                   path, c.info.blocks_present, c.info.blocks);
         return fixed == problems ? 0 : EXIT_PROBLEMS;
     }
     if (problems == 0)
@@ -275,7 +278,7 @@ static int cmd_map(const struct opts *o, int argc, char **argv)
     bool first = true;
     for (uint64_t off = 0; off < size;) {
         uint64_t n = 0;
-        int i = lf_disk_map(disk, off, size - off, &n);
+        int i = lf_disk_map(disk, off, size - off, &n);   /* 0 = top */
         /* Merge with the following extents served the same way. */
         for (uint64_t m; off + n < size; n += m)
             if (lf_disk_map(disk, off + n, size - off - n, &m) != i)
@@ -285,11 +288,12 @@ static int cmd_map(const struct opts *o, int argc, char **argv)
             g_autofree char *esc = name ? json_str(name) : NULL;
             printf("%s\n  {\"offset\": %" PRIu64 ", \"length\": %" PRIu64 ", \"layer\": ",
                    first ? "" : ",", off, n);
+            /* Layers count from 1 for the top, as in every message. */
             if (name)
-                printf("\"%s\", \"index\": %d, \"format\": \"%s\"}", esc, i,
+                printf("\"%s\", \"index\": %d, \"format\": \"%s\"}", esc, i + 1,
                        lf_disk_layer_format(disk, (unsigned)i));
             else
-                printf("null, \"index\": -1, \"zero\": true}");
+                printf("null, \"index\": null, \"zero\": true}");
         } else {
             printf("%-20" PRIu64 " %-20" PRIu64 " %s\n", off, n, name ? name : "(zeros)");
         }
