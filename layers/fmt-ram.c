@@ -185,9 +185,9 @@ static void ram_write(struct layer *l, struct bc_loop *loop, const struct iovec 
 }
 
 static void ram_zero(struct layer *l, struct bc_loop *loop, uint64_t offset, uint64_t len,
-                     unsigned flags, bool next_is_zero, bc_cb *cb, void *opaque)
+                     unsigned flags, bc_cb *cb, void *opaque)
 {
-    sparse_zero(&ram_of(l)->sp, loop, offset, len, flags, next_is_zero, cb, opaque);
+    sparse_zero(&ram_of(l)->sp, loop, offset, len, flags, cb, opaque);
 }
 
 static void ram_discard(struct layer *l, struct bc_loop *loop, uint64_t offset, uint64_t len,
