@@ -4,6 +4,7 @@
  * writes, zeroes and flushes to every layer a write can reach. */
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 
 #include "layers/layer.h"
 
@@ -33,6 +34,11 @@ struct lf_disk {
     unsigned nlayers;
     unsigned nwrite;        /* layers in the write chain */
     struct layer **layers;  /* top first */
+    /* Space held (lf_disk_allocated), all accessed atomically: */
+    uint64_t mod_gen;       /* modifying requests completed */
+    uint64_t alloc_bytes;   /* the last walk's result */
+    uint64_t alloc_gen;     /* mod_gen + 1 when that walk started; 0 = none yet */
+    int64_t alloc_next;     /* monotonic us before which that walk is reused anyway */
 };
 
 /* ---- resolving the stack ----------------------------------------------------------- */
@@ -284,8 +290,9 @@ struct mod_req {
     int err;
     struct bc_task task;
     GPtrArray *iovs;        /* clipped copies for smaller layers, freed at the end */
-    /* Zeroes and discards, which climb the chain one layer at a time: */
     struct lf_disk *disk;
+    bool changes;           /* a write, zero or discard: bumps disk->mod_gen when done */
+    /* Zeroes and discards, which climb the chain one layer at a time: */
     enum mod_kind kind;
     struct bc_loop *loop;
     uint64_t offset, len;
@@ -299,6 +306,8 @@ static void mod_finish(struct mod_req *req)
     void *opaque = req->opaque;
     int err = req->err;
 
+    if (req->changes)
+        __atomic_add_fetch(&req->disk->mod_gen, 1, __ATOMIC_RELEASE);
     if (req->iovs != NULL)
         g_ptr_array_free(req->iovs, true);
     g_free(req);
@@ -371,12 +380,13 @@ static void stack_modify(struct lf_disk *disk, enum mod_kind kind, struct bc_loo
     req->cb = cb;
     req->opaque = opaque;
     req->pending = 1;
+    req->disk = disk;
+    req->changes = kind != MOD_FLUSH;
     if ((kind == MOD_ZERO || kind == MOD_DISCARD) && len > 0) {
         /* Bottom of the chain first: each layer decides per block from what the layers
          * below it hold once this request is done with them, so zeroing a write-through
          * stack leaves no layer a block the one below makes redundant.  The top layer
          * holds the whole range (check_write), so a layer completes, never this call. */
-        req->disk = disk;
         req->kind = kind;
         req->loop = loop;
         req->offset = offset;
@@ -465,6 +475,61 @@ int lf_disk_block_status(struct lf_disk *disk, uint64_t offset, uint64_t len, ui
 int lf_disk_map(struct lf_disk *disk, uint64_t offset, uint64_t len, uint64_t *pnum)
 {
     return stack_map(disk, 0, offset, len, pnum);
+}
+
+/* ---- space held -------------------------------------------------------------------- */
+
+/* CPU time this thread has used, in microseconds. */
+static int64_t thread_cpu_us(void)
+{
+    struct timespec ts;
+
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return g_get_monotonic_time();
+    return (int64_t)ts.tv_sec * G_USEC_PER_SEC + ts.tv_nsec / 1000;
+}
+
+/* Bytes the stack reads as data (what SEEK_DATA finds), walked in extents; -errno. */
+static int walk_allocated(struct lf_disk *disk, uint64_t *bytes)
+{
+    uint64_t size = lf_disk_size(disk), pos = 0, sum = 0;
+
+    while (pos < size) {
+        uint64_t n = size - pos;
+        int r = stack_status(disk, 0, pos, size - pos, &n);
+        if (r < 0)
+            return r;
+        if (r > 0)
+            sum += n;
+        pos += n;
+    }
+    *bytes = sum;
+    return 0;
+}
+
+uint64_t lf_disk_allocated(struct lf_disk *disk, bool *fresh)
+{
+    uint64_t gen = __atomic_load_n(&disk->mod_gen, __ATOMIC_ACQUIRE);
+    uint64_t have = __atomic_load_n(&disk->alloc_gen, __ATOMIC_ACQUIRE);
+    int64_t now = g_get_monotonic_time();
+
+    /* Walk again only after a change, and then no sooner than 100 times the CPU time the
+     * last walk took after it: a getattr storm during writes costs at most ~1% of a core
+     * (CPU time, so that a walk merely preempted on a busy machine does not count). */
+    *fresh = have == gen + 1;
+    if (have != 0 && (*fresh || now < __atomic_load_n(&disk->alloc_next, __ATOMIC_ACQUIRE)))
+        return __atomic_load_n(&disk->alloc_bytes, __ATOMIC_ACQUIRE);
+    uint64_t bytes;
+    int64_t cpu = thread_cpu_us();
+    *fresh = false;
+    if (walk_allocated(disk, &bytes) < 0)
+        return lf_disk_size(disk);      /* unknown: claim everything, cache nothing */
+    *fresh = true;
+    cpu = thread_cpu_us() - cpu;
+    __atomic_store_n(&disk->alloc_bytes, bytes, __ATOMIC_RELEASE);
+    __atomic_store_n(&disk->alloc_next, g_get_monotonic_time() + 100 * cpu, __ATOMIC_RELEASE);
+    __atomic_store_n(&disk->alloc_gen, gen + 1, __ATOMIC_RELEASE);
+    return bytes;
 }
 
 /* ---- open and close ---------------------------------------------------------------- */
