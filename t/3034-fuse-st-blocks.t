@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: MIT
 # st_blocks of the exposed file is what the layers hold as data: du(1), stat(1) and
 # qemu-img info show a mostly empty disk as such, and follow writes and punched holes.
+# Also mmap(2), as layerfs(1) documents it: ENODEV shared in the default cache mode.
 . "$(dirname "$0")/tap.sh"
 require_root
 require_fuse
@@ -49,7 +50,33 @@ kib_is "$F" 2048 "after the punch: 2 MiB"
 ok "punch the whole disk" fallocate -p -o 0 -l $((64 * MIB)) "$F"
 kib_is "$F" 0 "after punching everything: nothing"
 
+# mmap: the default cache mode opens with FOPEN_DIRECT_IO, which the kernel cannot keep
+# coherent with a shared mapping (ENODEV, as layerfs(1) says); --cache=page can.
+map() { # map FILE shared|private: mmap 4 KiB, print "ok" or the errno name
+    python3 -c '
+import errno, mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+flags = mmap.MAP_SHARED if sys.argv[2] == "shared" else mmap.MAP_PRIVATE
+try:
+    m = mmap.mmap(fd, 4096, flags=flags)
+    m[0:5] = b"hello"
+    m.flush()
+    print("ok")
+except OSError as e:
+    print(errno.errorcode[e.errno])' "$@"
+}
+if command -v python3 >/dev/null; then
+    is "$(map "$F" shared)" ENODEV "default cache mode: a shared mmap fails with ENODEV"
+    is "$(map "$F" private)" ok "default cache mode: a private mmap works"
+fi
 stop_daemon
 is "$DAEMON_STATUS" 0 "clean exit"
+
+if command -v python3 >/dev/null; then
+    start_daemon "$MNT" --cache=page --disk "d=$SCRATCH/base.raw" || exit 1
+    is "$(map "$MNT/d" shared)" ok "--cache=page: a shared mmap works"
+    stop_daemon
+    is "$(head -c 5 "$SCRATCH/base.raw")" hello "and what it wrote reached the disk"
+fi
 
 done_testing
