@@ -31,8 +31,13 @@ static bool is_root_dir(const struct fo_daemon *d, fuse_ino_t ino)
     return !d->file_mode && ino == FUSE_ROOT_ID;
 }
 
-static void fill_attr(const struct fo_daemon *d, fuse_ino_t ino, const struct fo_disk *disk,
-                      struct stat *st)
+/* How long the kernel may keep attributes whose st_blocks lags completed writes. */
+#define FO_STALE_ATTR_TIMEOUT 1.0
+
+/* The attributes of the root or of a disk's file; returns how long the kernel may keep
+ * them (short while st_blocks is behind the writes). */
+static double fill_attr(const struct fo_daemon *d, fuse_ino_t ino, const struct fo_disk *disk,
+                        struct stat *st)
 {
     memset(st, 0, sizeof *st);
     st->st_ino = ino;
@@ -43,13 +48,17 @@ static void fill_attr(const struct fo_daemon *d, fuse_ino_t ino, const struct fo
         st->st_mode = S_IFDIR | 0755;
         st->st_nlink = 2;
         st->st_blksize = 4096;
-        return;
+        return FO_ATTR_TIMEOUT;
     }
     st->st_mode = S_IFREG | (disk->read_only ? 0400 : 0600);
     st->st_nlink = 1;
     st->st_size = disk->size;
     st->st_blksize = disk->blksize;
-    st->st_blocks = (disk->size + 511) / 512;
+    /* What the layers hold as data (cached in the disk; see lf_disk_allocated), so that
+     * du(1) and qemu-img info show a mostly empty disk as such. */
+    bool fresh;
+    st->st_blocks = (lf_disk_allocated(disk->disk, &fresh) + 511) / 512;
+    return fresh ? FO_ATTR_TIMEOUT : FO_STALE_ATTR_TIMEOUT;
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------- */
@@ -104,10 +113,9 @@ static void fo_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
             struct fuse_entry_param e = {
                 .ino = disk->ino,
                 .generation = 1,
-                .attr_timeout = FO_ATTR_TIMEOUT,
                 .entry_timeout = FO_ATTR_TIMEOUT,
             };
-            fill_attr(d, disk->ino, disk, &e.attr);
+            e.attr_timeout = fill_attr(d, disk->ino, disk, &e.attr);
             fuse_reply_entry(req, &e);
             return;
         }
@@ -135,8 +143,8 @@ static void fo_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         fo_reply_err(req, -ENOENT);
         return;
     }
-    fill_attr(d, ino, disk, &st);
-    fuse_reply_attr(req, &st, FO_ATTR_TIMEOUT);
+    double timeout = fill_attr(d, ino, disk, &st);
+    fuse_reply_attr(req, &st, timeout);
 }
 
 /* The size is fixed; mode and owner cannot change; timestamps are accepted and ignored
@@ -152,7 +160,7 @@ static void fo_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
         fo_reply_err(req, -ENOENT);
         return;
     }
-    fill_attr(d, ino, disk, &st);
+    double timeout = fill_attr(d, ino, disk, &st);
     if ((to_set & FUSE_SET_ATTR_MODE) && (attr->st_mode & 07777) != (st.st_mode & 07777)) {
         fo_reply_err(req, -EPERM);
         return;
@@ -173,7 +181,7 @@ static void fo_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
             return;
         }
     }
-    fuse_reply_attr(req, &st, FO_ATTR_TIMEOUT);
+    fuse_reply_attr(req, &st, timeout);
 }
 
 static void fo_statfs(fuse_req_t req, fuse_ino_t ino)

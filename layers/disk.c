@@ -4,6 +4,7 @@
  * writes, zeroes and flushes to every layer a write can reach. */
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 
 #include "layers/layer.h"
 
@@ -21,7 +22,10 @@ G_DEFINE_QUARK(lf-error-quark, lf_error)
  *
  * Writes: layers 0..nwrite-1 are the write chain (the write-through layers and the first
  * layer that is not).  A lower layer smaller than the disk gets only the part within its
- * size.  Writes to the chain run in parallel and complete when all have.
+ * size.  Writes to the chain run in parallel and complete when all have.  Zeroes and
+ * discards go to every layer of the chain too, but one at a time from the bottom up: a
+ * layer holding blocks decides per block, under its own range lock, from what
+ * layer_next_status() says of the stack below it, already zeroed.
  */
 
 struct lf_disk {
@@ -30,6 +34,11 @@ struct lf_disk {
     unsigned nlayers;
     unsigned nwrite;        /* layers in the write chain */
     struct layer **layers;  /* top first */
+    /* Space held (lf_disk_allocated), all accessed atomically: */
+    uint64_t mod_gen;       /* modifying requests completed */
+    uint64_t alloc_bytes;   /* the last walk's result */
+    uint64_t alloc_gen;     /* mod_gen + 1 when that walk started; 0 = none yet */
+    int64_t alloc_next;     /* monotonic us before which that walk is reused anyway */
 };
 
 /* ---- resolving the stack ----------------------------------------------------------- */
@@ -76,13 +85,24 @@ static int stack_status(struct lf_disk *disk, unsigned from, uint64_t offset, ui
     return r;
 }
 
-/* True if the stack below layer i reads as zeros in the whole range. */
-static bool next_is_zero(struct lf_disk *disk, unsigned i, uint64_t offset, uint64_t len)
+int layer_next_status(struct layer *l, uint64_t offset, uint64_t len, uint64_t *pnum)
+{
+    uint64_t n = len;
+    int r = stack_status(l->disk, l->index + 1, offset, len, &n);
+
+    if (r < 0) {
+        *pnum = len;    /* may hold data: the safe answer */
+        return 1;
+    }
+    *pnum = n;
+    return r;
+}
+
+bool layer_next_is_zero(struct layer *l, uint64_t offset, uint64_t len)
 {
     while (len > 0) {
         uint64_t n;
-        int r = stack_status(disk, i + 1, offset, len, &n);
-        if (r != 0)
+        if (layer_next_status(l, offset, len, &n) != 0)
             return false;
         offset += n;
         len -= n;
@@ -270,6 +290,14 @@ struct mod_req {
     int err;
     struct bc_task task;
     GPtrArray *iovs;        /* clipped copies for smaller layers, freed at the end */
+    struct lf_disk *disk;
+    bool changes;           /* a write, zero or discard: bumps disk->mod_gen when done */
+    /* Zeroes and discards, which climb the chain one layer at a time: */
+    enum mod_kind kind;
+    struct bc_loop *loop;
+    uint64_t offset, len;
+    unsigned flags;
+    unsigned layer;         /* the chain layer issued last; the next one is above it */
 };
 
 static void mod_finish(struct mod_req *req)
@@ -278,6 +306,8 @@ static void mod_finish(struct mod_req *req)
     void *opaque = req->opaque;
     int err = req->err;
 
+    if (req->changes)
+        __atomic_add_fetch(&req->disk->mod_gen, 1, __ATOMIC_RELEASE);
     if (req->iovs != NULL)
         g_ptr_array_free(req->iovs, true);
     g_free(req);
@@ -297,6 +327,27 @@ static void mod_done(void *opaque, int res)
 static void mod_task(struct bc_task *task)
 {
     mod_finish(bc_container_of(task, struct mod_req, task));
+}
+
+/* The next zero or discard up the chain, or the end of the request (res: the last one's). */
+static void zd_next(void *opaque, int res)
+{
+    struct mod_req *req = opaque;
+
+    if (res < 0 && req->err == 0)
+        req->err = res;
+    while (req->layer-- > 0) {
+        struct layer *l = req->disk->layers[req->layer];
+        if (req->offset >= l->size)
+            continue;
+        uint64_t n = MIN(req->len, l->size - req->offset);
+        if (req->kind == MOD_ZERO)
+            l->ops->zero(l, req->loop, req->offset, n, req->flags, zd_next, req);
+        else
+            l->ops->discard(l, req->loop, req->offset, n, zd_next, req);
+        return;
+    }
+    mod_finish(req);
 }
 
 /* -EROFS, -ENOSPC or 0 for a modifying request on [offset, offset+len). */
@@ -329,6 +380,22 @@ static void stack_modify(struct lf_disk *disk, enum mod_kind kind, struct bc_loo
     req->cb = cb;
     req->opaque = opaque;
     req->pending = 1;
+    req->disk = disk;
+    req->changes = kind != MOD_FLUSH;
+    if ((kind == MOD_ZERO || kind == MOD_DISCARD) && len > 0) {
+        /* Bottom of the chain first: each layer decides per block from what the layers
+         * below it hold once this request is done with them, so zeroing a write-through
+         * stack leaves no layer a block the one below makes redundant.  The top layer
+         * holds the whole range (check_write), so a layer completes, never this call. */
+        req->kind = kind;
+        req->loop = loop;
+        req->offset = offset;
+        req->len = len;
+        req->flags = flags;
+        req->layer = disk->nwrite;
+        zd_next(req, 0);
+        return;
+    }
     for (unsigned i = 0; i < disk->nlayers; i++) {
         struct layer *l = disk->layers[i];
         bool in_chain = !disk->read_only && i < disk->nwrite;
@@ -345,7 +412,6 @@ static void stack_modify(struct lf_disk *disk, enum mod_kind kind, struct bc_loo
         if (offset >= l->size || len == 0)
             continue;
         uint64_t n = MIN(len, l->size - offset);
-        bool nz;
         switch (kind) {
         case MOD_WRITE:
             req->pending++;
@@ -362,16 +428,7 @@ static void stack_modify(struct lf_disk *disk, enum mod_kind kind, struct bc_loo
             }
             break;
         case MOD_ZERO:
-            nz = next_is_zero(disk, i, offset, n);
-            req->pending++;
-            l->ops->zero(l, loop, offset, n, flags, nz, mod_done, req);
-            break;
-        case MOD_DISCARD:
-            if (next_is_zero(disk, i, offset, n)) {
-                req->pending++;
-                l->ops->discard(l, loop, offset, n, mod_done, req);
-            }
-            break;
+        case MOD_DISCARD:   /* handled above */
         case MOD_FLUSH:
             break;
         }
@@ -418,6 +475,61 @@ int lf_disk_block_status(struct lf_disk *disk, uint64_t offset, uint64_t len, ui
 int lf_disk_map(struct lf_disk *disk, uint64_t offset, uint64_t len, uint64_t *pnum)
 {
     return stack_map(disk, 0, offset, len, pnum);
+}
+
+/* ---- space held -------------------------------------------------------------------- */
+
+/* CPU time this thread has used, in microseconds. */
+static int64_t thread_cpu_us(void)
+{
+    struct timespec ts;
+
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return g_get_monotonic_time();
+    return (int64_t)ts.tv_sec * G_USEC_PER_SEC + ts.tv_nsec / 1000;
+}
+
+/* Bytes the stack reads as data (what SEEK_DATA finds), walked in extents; -errno. */
+static int walk_allocated(struct lf_disk *disk, uint64_t *bytes)
+{
+    uint64_t size = lf_disk_size(disk), pos = 0, sum = 0;
+
+    while (pos < size) {
+        uint64_t n = size - pos;
+        int r = stack_status(disk, 0, pos, size - pos, &n);
+        if (r < 0)
+            return r;
+        if (r > 0)
+            sum += n;
+        pos += n;
+    }
+    *bytes = sum;
+    return 0;
+}
+
+uint64_t lf_disk_allocated(struct lf_disk *disk, bool *fresh)
+{
+    uint64_t gen = __atomic_load_n(&disk->mod_gen, __ATOMIC_ACQUIRE);
+    uint64_t have = __atomic_load_n(&disk->alloc_gen, __ATOMIC_ACQUIRE);
+    int64_t now = g_get_monotonic_time();
+
+    /* Walk again only after a change, and then no sooner than 100 times the CPU time the
+     * last walk took after it: a getattr storm during writes costs at most ~1% of a core
+     * (CPU time, so that a walk merely preempted on a busy machine does not count). */
+    *fresh = have == gen + 1;
+    if (have != 0 && (*fresh || now < __atomic_load_n(&disk->alloc_next, __ATOMIC_ACQUIRE)))
+        return __atomic_load_n(&disk->alloc_bytes, __ATOMIC_ACQUIRE);
+    uint64_t bytes;
+    int64_t cpu = thread_cpu_us();
+    *fresh = false;
+    if (walk_allocated(disk, &bytes) < 0)
+        return lf_disk_size(disk);      /* unknown: claim everything, cache nothing */
+    *fresh = true;
+    cpu = thread_cpu_us() - cpu;
+    __atomic_store_n(&disk->alloc_bytes, bytes, __ATOMIC_RELEASE);
+    __atomic_store_n(&disk->alloc_next, g_get_monotonic_time() + 100 * cpu, __ATOMIC_RELEASE);
+    __atomic_store_n(&disk->alloc_gen, gen + 1, __ATOMIC_RELEASE);
+    return bytes;
 }
 
 /* ---- open and close ---------------------------------------------------------------- */

@@ -550,18 +550,17 @@ static void ovl_write(struct layer *l, struct bc_loop *loop, const struct iovec 
 }
 
 static void ovl_zero(struct layer *l, struct bc_loop *loop, uint64_t offset, uint64_t len,
-                     unsigned flags, bool next_is_zero, bc_cb *cb, void *opaque)
+                     unsigned flags, bc_cb *cb, void *opaque)
 {
     struct ovl *o = ovl_of(l);
 
     if (flags & BC_REQ_FUA) {
         struct ovl_fua *w = g_new0(struct ovl_fua, 1);
         *w = (struct ovl_fua){ l, loop, cb, opaque };
-        sparse_zero(&o->sp, loop, offset, len, flags & ~(unsigned)BC_REQ_FUA, next_is_zero,
-                    fua_written, w);
+        sparse_zero(&o->sp, loop, offset, len, flags & ~(unsigned)BC_REQ_FUA, fua_written, w);
         return;
     }
-    sparse_zero(&o->sp, loop, offset, len, flags, next_is_zero, cb, opaque);
+    sparse_zero(&o->sp, loop, offset, len, flags, cb, opaque);
 }
 
 static void ovl_discard(struct layer *l, struct bc_loop *loop, uint64_t offset, uint64_t len,

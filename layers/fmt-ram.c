@@ -11,7 +11,8 @@
 /* ram->sp.lock also protects blocks[]. */
 struct ram {
     struct sparse sp;
-    uint8_t **blocks;       /* nblocks pointers, NULL = never written or dropped */
+    uint8_t **blocks;       /* nblocks pointers, NULL = zeros (never written, dropped, or
+                             * written or zeroed whole with zeros): a hole to block_status */
 };
 
 static struct ram *ram_of(struct layer *l)
@@ -55,6 +56,10 @@ static void ram_swrite(void *store, struct bc_loop *loop, const struct iovec *io
         if (r->blocks[b] == NULL)
             r->blocks[b] = g_malloc0(r->sp.bs);
         bc_iov_to_buf(iov, iovcnt, pos, r->blocks[b] + boff, n);
+        /* A whole block of zeros (a cache fill over a hole, say) needs no memory. */
+        if (n == r->sp.bs && r->blocks[b][0] == 0 &&
+            memcmp(r->blocks[b], r->blocks[b] + 1, n - 1) == 0)
+            g_clear_pointer(&r->blocks[b], g_free);
     }
     g_mutex_unlock(&r->sp.lock);
     layer_complete_later(loop, cb, opaque, 0);
@@ -69,9 +74,9 @@ static void ram_szero(void *store, struct bc_loop *loop, uint64_t offset, uint64
     FOR_PIECES(r, offset, len, b, boff, n, pos) {
         if (b >= r->sp.nblocks)
             break;
-        if (r->blocks[b] == NULL)
-            r->blocks[b] = g_malloc0(r->sp.bs);
-        else
+        if (n == r->sp.bs)
+            g_clear_pointer(&r->blocks[b], g_free);
+        else if (r->blocks[b] != NULL)
             memset(r->blocks[b] + boff, 0, n);
     }
     g_mutex_unlock(&r->sp.lock);
@@ -146,10 +151,25 @@ static int ram_present(struct layer *l, uint64_t offset, uint64_t len, uint64_t 
     return sparse_present(&ram_of(l)->sp, offset, len, pnum);
 }
 
+/* Data where a block has memory, a hole where it reads as zeros without. */
 static int ram_block_status(struct layer *l, uint64_t offset, uint64_t len, uint64_t *pnum)
 {
-    *pnum = len;
-    return 1;
+    struct ram *r = ram_of(l);
+    uint64_t b = offset >> r->sp.shift;
+    uint64_t last = MIN(r->sp.nblocks, ((offset + len - 1) >> r->sp.shift) + 1);
+
+    if (b >= r->sp.nblocks) {
+        *pnum = len;
+        return 0;
+    }
+    g_mutex_lock(&r->sp.lock);
+    bool data = r->blocks[b] != NULL;
+    uint64_t e = b + 1;
+    while (e < last && (r->blocks[e] != NULL) == data)
+        e++;
+    g_mutex_unlock(&r->sp.lock);
+    *pnum = MIN(len, (e << r->sp.shift) - offset);
+    return data ? 1 : 0;
 }
 
 static void ram_read(struct layer *l, struct bc_loop *loop, const struct iovec *iov,
@@ -165,9 +185,9 @@ static void ram_write(struct layer *l, struct bc_loop *loop, const struct iovec 
 }
 
 static void ram_zero(struct layer *l, struct bc_loop *loop, uint64_t offset, uint64_t len,
-                     unsigned flags, bool next_is_zero, bc_cb *cb, void *opaque)
+                     unsigned flags, bc_cb *cb, void *opaque)
 {
-    sparse_zero(&ram_of(l)->sp, loop, offset, len, flags, next_is_zero, cb, opaque);
+    sparse_zero(&ram_of(l)->sp, loop, offset, len, flags, cb, opaque);
 }
 
 static void ram_discard(struct layer *l, struct bc_loop *loop, uint64_t offset, uint64_t len,

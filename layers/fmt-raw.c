@@ -56,7 +56,7 @@ static void raw_write(struct layer *l, struct bc_loop *loop, const struct iovec 
 }
 
 static void raw_zero(struct layer *l, struct bc_loop *loop, uint64_t offset, uint64_t len,
-                     unsigned flags, bool next_is_zero, bc_cb *cb, void *opaque)
+                     unsigned flags, bc_cb *cb, void *opaque)
 {
     bc_dev_write_zeroes(dev_of(l), loop, offset, len, flags, cb, opaque);
 }
@@ -64,6 +64,12 @@ static void raw_zero(struct layer *l, struct bc_loop *loop, uint64_t offset, uin
 static void raw_discard(struct layer *l, struct bc_loop *loop, uint64_t offset, uint64_t len,
                         bc_cb *cb, void *opaque)
 {
+    /* Fully present, so a discard may only let go where the stack below agrees (a
+     * write-through raw over other layers): elsewhere it is a no-op. */
+    if (!layer_next_is_zero(l, offset, len)) {
+        layer_complete_later(loop, cb, opaque, 0);
+        return;
+    }
     bc_dev_discard(dev_of(l), loop, offset, len, cb, opaque);
 }
 

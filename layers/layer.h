@@ -56,10 +56,13 @@ struct layer_ops {
     /* Write; flags: BC_REQ_FUA, LAYER_NO_OVERWRITE. The range is within l->size. */
     void (*write)(struct layer *l, struct bc_loop *loop, const struct iovec *iov, int iovcnt,
                   uint64_t offset, unsigned flags, bc_cb *cb, void *opaque);
-    /* Make the range read as zeros; next_is_zero: the stack below reads as zeros there. */
+    /* Make the range read as zeros.  A format that holds blocks decides per block, under
+     * its range lock, with layer_next_status(): a block over zeros below is dropped, only a
+     * block over data below is kept as a present zero block. */
     void (*zero)(struct layer *l, struct bc_loop *loop, uint64_t offset, uint64_t len,
-                 unsigned flags, bool next_is_zero, bc_cb *cb, void *opaque);
-    /* Advisory discard; only called where next_is_zero. */
+                 unsigned flags, bc_cb *cb, void *opaque);
+    /* Advisory discard: the range may read as before or as zeros afterwards, never as the
+     * stack below: drop only blocks over which it reads as zeros (layer_next_status()). */
     void (*discard)(struct layer *l, struct bc_loop *loop, uint64_t offset, uint64_t len,
                     bc_cb *cb, void *opaque);
     /* Make completed writes durable. */
@@ -99,6 +102,11 @@ char *layer_format_list(bool (*pick)(const struct layer_ops *ops));
 /* Read [offset, offset+len) as the stack below l shows it (zeros where nothing holds it). */
 void layer_next_read(struct layer *l, struct bc_loop *loop, const struct iovec *iov,
                      int iovcnt, uint64_t offset, bc_cb *cb, void *opaque);
+/* The stack below l at offset: 0 reads as zeros, 1 may hold data (or the query failed);
+ * *pnum = bytes (<= len, > 0) alike. */
+int layer_next_status(struct layer *l, uint64_t offset, uint64_t len, uint64_t *pnum);
+/* True if the stack below l reads as zeros in the whole range. */
+bool layer_next_is_zero(struct layer *l, uint64_t offset, uint64_t len);
 /* Deliver cb(opaque, res) from loop's next iteration. */
 void layer_complete_later(struct bc_loop *loop, bc_cb *cb, void *opaque, int res);
 /* Open a bc_dev for a layer's configuration, locked as asked (see struct bc_open_args).

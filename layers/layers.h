@@ -90,6 +90,10 @@ int lf_disk_block_status(struct lf_disk *disk, uint64_t offset, uint64_t len, ui
 /* Which layer serves offset: its index (0 = top) or -1 where the disk reads as zeros because
  * no layer holds it; *pnum = bytes (<= len) served the same way. */
 int lf_disk_map(struct lf_disk *disk, uint64_t offset, uint64_t len, uint64_t *pnum);
+/* Bytes of the disk some layer holds as data (what SEEK_DATA finds), for st_blocks: walked
+ * in extents, cached until a write, zero or discard completes, then walked again at most
+ * every 100 times the last walk's CPU time; *fresh false when it lags completed writes. */
+uint64_t lf_disk_allocated(struct lf_disk *disk, bool *fresh);
 /* Number of layers in the stack. */
 unsigned lf_disk_layer_count(const struct lf_disk *disk);
 /* Name of layer i (0 = top). */

@@ -19,6 +19,11 @@ struct sp_seg {
     bool mark;              /* mark [offset, offset+len) present on success */
 };
 
+/* A range [start, end) of layer bytes where the stack below reads as zeros. */
+struct sp_zext {
+    uint64_t start, end;
+};
+
 struct sp_op {
     struct sparse *sp;
     struct bc_loop *loop;
@@ -29,7 +34,9 @@ struct sp_op {
     int iovcnt;
     uint64_t offset, len;
     unsigned flags;
-    bool next_is_zero;
+    GArray *zmap;           /* SP_ZERO, SP_DISCARD: struct sp_zext, where the stack below
+                             * reads as zeros in [b0, b1), sorted and merged */
+    guint zcur;             /* first zmap entry that may still matter to plan() */
     uint64_t b0, b1;        /* locked blocks [b0, b1) */
     struct bc_blocker range;    /* the range lock on [b0, b1), in sp->locks */
     struct bc_task task;
@@ -181,6 +188,8 @@ static void op_finish(struct sp_op *op)
     for (guint i = 0; i < op->segs->len; i++)
         bc_buf_free(g_array_index(op->segs, struct sp_seg, i).buf);
     g_array_free(op->segs, true);
+    if (op->zmap != NULL)
+        g_array_free(op->zmap, true);
     g_free(op->wiov);
     g_free(op);
     cb(opaque, err);
@@ -269,7 +278,85 @@ static void add_seg(struct sp_op *op, struct sp_seg s)
     g_array_append_val(op->segs, s);
 }
 
-/* Plan the segments for blocks [b0, b1) of the operation; called under sp->lock. */
+/* Fill op->zmap: where the stack below reads as zeros within the locked blocks, walked in
+ * extents (presence runs and block status), not block by block.  Runs under the range lock,
+ * so the decision holds for this operation; without a disk (the engine alone, in unit
+ * tests) there is nothing known below, so nothing is zero. */
+static void map_below(struct sp_op *op)
+{
+    struct sparse *sp = op->sp;
+    uint64_t pos = op->b0 << sp->shift;
+    uint64_t end = MIN(op->b1 << sp->shift, sp->size);
+
+    op->zmap = g_array_new(false, false, sizeof(struct sp_zext));
+    if (sp->layer == NULL || sp->layer->disk == NULL)
+        return;
+    while (pos < end) {
+        uint64_t n;
+        int r = layer_next_status(sp->layer, pos, end - pos, &n);
+        assert(n > 0 && n <= end - pos);
+        if (r == 0) {
+            struct sp_zext *last = op->zmap->len == 0 ? NULL
+                                   : &g_array_index(op->zmap, struct sp_zext, op->zmap->len - 1);
+            if (last != NULL && last->end == pos) {
+                last->end += n;
+            } else {
+                struct sp_zext z = { pos, pos + n };
+                g_array_append_val(op->zmap, z);
+            }
+        }
+        pos += n;
+    }
+}
+
+/* The zmap entry holding offset, or NULL; moves the cursor past entries before offset
+ * (plan() asks in increasing order). */
+static const struct sp_zext *zext_at(struct sp_op *op, uint64_t offset)
+{
+    while (op->zcur < op->zmap->len &&
+           g_array_index(op->zmap, struct sp_zext, op->zcur).end <= offset)
+        op->zcur++;
+    if (op->zcur == op->zmap->len)
+        return NULL;
+    const struct sp_zext *z = &g_array_index(op->zmap, struct sp_zext, op->zcur);
+    return z->start <= offset ? z : NULL;
+}
+
+/* True if the stack below reads as zeros in all of [a, e). */
+static bool below_zero(struct sp_op *op, uint64_t a, uint64_t e)
+{
+    const struct sp_zext *z = zext_at(op, a);
+
+    return z != NULL && z->end >= e;
+}
+
+/* A run of whole blocks from b (b < limit) all alike below: over zeros (*zero) or over
+ * some data each.  Returns the run's end, at most limit; one step per zmap entry. */
+static uint64_t below_run(struct sp_op *op, uint64_t b, uint64_t limit, bool *zero)
+{
+    struct sparse *sp = op->sp;
+    uint64_t bstart = b << sp->shift;
+    const struct sp_zext *z = zext_at(op, bstart);
+
+    *zero = z != NULL && z->end >= bstart + sp->bs;
+    if (*zero)
+        return MIN(limit, z->end >> sp->shift);
+    /* Over data: up to the first later block that some entry covers whole. */
+    for (guint i = op->zcur; i < op->zmap->len; i++) {
+        const struct sp_zext *x = &g_array_index(op->zmap, struct sp_zext, i);
+        uint64_t c = MAX(b + 1, (x->start + sp->bs - 1) >> sp->shift);
+        if (c >= limit)
+            break;
+        if (((c + 1) << sp->shift) <= x->end)
+            return c;
+    }
+    return limit;
+}
+
+/* Plan the segments for blocks [b0, b1) of the operation; called under sp->lock.  Zeroing
+ * decides per block: a block over zeros below is dropped (with a partial one over zeros
+ * left absent), a block over data below becomes a present zero block; a discard drops
+ * only blocks over zeros. */
 static void plan(struct sp_op *op)
 {
     struct sparse *sp = op->sp;
@@ -293,7 +380,8 @@ static void plan(struct sp_op *op)
                                                  .skip = a - op->offset });
                 else if (op->kind == SP_ZERO)
                     add_seg(op, (struct sp_seg){ .offset = a, .len = e - a, .zero = true });
-            } else if (op->kind == SP_WRITE || (op->kind == SP_ZERO && !op->next_is_zero)) {
+            } else if (op->kind == SP_WRITE ||
+                       (op->kind == SP_ZERO && !below_zero(op, a, e))) {
                 add_seg(op, (struct sp_seg){ .offset = bstart, .len = sp->bs,
                                              .buf = bc_buf_alloc(sp->bs), .blk = b,
                                              .mark = true });
@@ -302,12 +390,18 @@ static void plan(struct sp_op *op)
             continue;
         }
         /* A run of whole blocks with the same handling. */
-        uint64_t e = b + 1;
         uint64_t last_whole = end >> sp->shift;   /* blocks < this are whole (from a) */
-        while (e < MIN(op->b1, last_whole)) {
-            if ((op->flags & LAYER_NO_OVERWRITE) && bit_get(sp->bitmap, e))
-                break;
-            e++;
+        uint64_t e = MIN(op->b1, last_whole);
+        bool zero = false;
+        if (op->kind == SP_WRITE && (op->flags & LAYER_NO_OVERWRITE)) {
+            for (uint64_t x = b + 1; x < e; x++) {
+                if (bit_get(sp->bitmap, x)) {
+                    e = x;
+                    break;
+                }
+            }
+        } else if (op->kind != SP_WRITE) {
+            e = below_run(op, b, e, &zero);
         }
         uint64_t off = bstart, len = (e - b) << sp->shift;
         switch (op->kind) {
@@ -316,7 +410,7 @@ static void plan(struct sp_op *op)
                                          .mark = true });
             break;
         case SP_ZERO:
-            if (!op->next_is_zero) {
+            if (!zero) {
                 add_seg(op, (struct sp_seg){ .offset = off, .len = len, .zero = true,
                                              .mark = true });
                 break;
@@ -324,6 +418,8 @@ static void plan(struct sp_op *op)
             /* below reads as zeros, so dropping the blocks zeroes them */
             G_GNUC_FALLTHROUGH;
         case SP_DISCARD:
+            if (!zero)
+                break;      /* advisory: keep what the stack below does not make redundant */
             set_bits(sp, b, e, false);
             if (sp->ops->dropped != NULL)
                 sp->ops->dropped(sp->store, b, e);
@@ -362,6 +458,8 @@ static void op_granted(struct sp_op *op)
 {
     struct sparse *sp = op->sp;
 
+    if (op->kind != SP_WRITE)
+        map_below(op);
     g_mutex_lock(&sp->lock);
     plan(op);
     g_mutex_unlock(&sp->lock);
@@ -390,7 +488,7 @@ static void op_try_task(struct bc_task *task)
 
 static void op_begin(struct sparse *sp, enum sp_kind kind, struct bc_loop *loop,
                      const struct iovec *iov, int iovcnt, uint64_t offset, uint64_t len,
-                     unsigned flags, bool next_is_zero, bc_cb *cb, void *opaque)
+                     unsigned flags, bc_cb *cb, void *opaque)
 {
     if (len == 0 || offset >= sp->size) {
         layer_complete_later(loop, cb, opaque, len == 0 ? 0 : -ENOSPC);
@@ -407,7 +505,6 @@ static void op_begin(struct sparse *sp, enum sp_kind kind, struct bc_loop *loop,
     op->offset = offset;
     op->len = MIN(len, sp->size - offset);
     op->flags = flags;
-    op->next_is_zero = next_is_zero;
     op->b0 = offset >> sp->shift;
     op->b1 = ((offset + op->len - 1) >> sp->shift) + 1;
     op->segs = g_array_new(false, true, sizeof(struct sp_seg));
@@ -419,18 +516,18 @@ static void op_begin(struct sparse *sp, enum sp_kind kind, struct bc_loop *loop,
 void sparse_write(struct sparse *sp, struct bc_loop *loop, const struct iovec *iov,
                   int iovcnt, uint64_t offset, unsigned flags, bc_cb *cb, void *opaque)
 {
-    op_begin(sp, SP_WRITE, loop, iov, iovcnt, offset, bc_iov_len(iov, iovcnt), flags, false,
-             cb, opaque);
+    op_begin(sp, SP_WRITE, loop, iov, iovcnt, offset, bc_iov_len(iov, iovcnt), flags, cb,
+             opaque);
 }
 
 void sparse_zero(struct sparse *sp, struct bc_loop *loop, uint64_t offset, uint64_t len,
-                 unsigned flags, bool next_is_zero, bc_cb *cb, void *opaque)
+                 unsigned flags, bc_cb *cb, void *opaque)
 {
-    op_begin(sp, SP_ZERO, loop, NULL, 0, offset, len, flags, next_is_zero, cb, opaque);
+    op_begin(sp, SP_ZERO, loop, NULL, 0, offset, len, flags, cb, opaque);
 }
 
 void sparse_discard(struct sparse *sp, struct bc_loop *loop, uint64_t offset, uint64_t len,
                     bc_cb *cb, void *opaque)
 {
-    op_begin(sp, SP_DISCARD, loop, NULL, 0, offset, len, 0, true, cb, opaque);
+    op_begin(sp, SP_DISCARD, loop, NULL, 0, offset, len, 0, cb, opaque);
 }

@@ -22,7 +22,10 @@
  *   - partial block, present: write just the bytes;
  *   - partial block, absent: read the block from the stack below (copy-up), merge, write
  *     the whole block, mark present when the write completes;
- *   - LAYER_NO_OVERWRITE (cache fill): skip blocks that are present.
+ *   - LAYER_NO_OVERWRITE (cache fill): skip blocks that are present;
+ *   - zero or discard: ask the stack below (in extents, under the range lock) where it
+ *     reads as zeros; blocks over zeros are dropped, zeroing keeps a present zero block
+ *     only over data below, a discard leaves the others alone.
  * A block becomes present only once its data write has completed, so concurrent readers
  * see either the old (below) or the new contents, never a half-written block.
  *
@@ -81,10 +84,10 @@ void sparse_read(struct sparse *sp, struct bc_loop *loop, const struct iovec *io
 /* Write (flags: BC_REQ_FUA, LAYER_NO_OVERWRITE). */
 void sparse_write(struct sparse *sp, struct bc_loop *loop, const struct iovec *iov,
                   int iovcnt, uint64_t offset, unsigned flags, bc_cb *cb, void *opaque);
-/* Make the range read as zeros. */
+/* Make the range read as zeros, deciding per block from the stack below (see plan()). */
 void sparse_zero(struct sparse *sp, struct bc_loop *loop, uint64_t offset, uint64_t len,
-                 unsigned flags, bool next_is_zero, bc_cb *cb, void *opaque);
-/* Drop the whole blocks of the range (the stack below reads as zeros there). */
+                 unsigned flags, bc_cb *cb, void *opaque);
+/* Drop the whole blocks of the range over which the stack below reads as zeros. */
 void sparse_discard(struct sparse *sp, struct bc_loop *loop, uint64_t offset, uint64_t len,
                     bc_cb *cb, void *opaque);
 /* Copy the dirty bitmap pages into a new buffer of bitmap_len bytes (only dirty pages are

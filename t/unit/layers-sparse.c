@@ -116,7 +116,7 @@ static void start_zero(struct sparse *sp, struct bc_loop *loop, struct op *o, ui
     o->name = 'z';
     o->done = done;
     o->buf = NULL;
-    sparse_zero(sp, loop, b0 * BS, (b1 - b0) * BS, 0, false, op_done, o);
+    sparse_zero(sp, loop, b0 * BS, (b1 - b0) * BS, 0, op_done, o);
 }
 
 #define CHECK_ISSUED(g, want, when)                                                          \
