@@ -9,30 +9,33 @@
 # round 1, a clean unmount and remount, round 2 ending with an fsync and unsynced changes,
 # kill -9 and remount (fsynced data intact, unsynced old or new), round 3, a clean remount
 # and a last whole-file compare.  Volatile shapes (ram on top) must read as their base
-# after a remount.  The seed is printed; LAYERFS_FSX_SEED=N repeats a run.  A bigger run by
+# after a remount.  The seed is printed; LAYERFS_TEST_SEED=N repeats a run.  A bigger run by
 # hand:  LAYERFS_FSX_OPS=12000 LAYERFS_BUILDDIR=$PWD/build prove -v t/3080-fuse-fsx.t
 . "$(dirname "$0")/tap.sh"
 require_fuse
+require_cmd python3
 FSX=$BUILDDIR/t/bin/fsx
 S=$SCRATCH
 SIZE=$((16 << 20))
 OPS=${LAYERFS_FSX_OPS:-1200}
 ROUND=$((OPS / 3 > 0 ? OPS / 3 : 1))
-seed=${LAYERFS_FSX_SEED:-$(( $(date +%s) % 1000000 ))}
-diag "seed $seed (LAYERFS_FSX_SEED=$seed repeats this run), $ROUND operations per round"
+seed=${LAYERFS_TEST_SEED:-$(( $(date +%s) % 1000000 ))}
+diag "seed $seed (LAYERFS_TEST_SEED=$seed repeats this run), $ROUND operations per round"
 nfirst=0
 
 # A base that holds data only in part, at unaligned places, with allocated zeros too, so
 # that zeroing and punching run over partly present data.
-RANDOM=$seed
-truncate -s $SIZE "$S/base.raw"
-for ((i = 0; i < 40; i++)); do
-    off=$(( (RANDOM * 32768 + RANDOM) % (SIZE - 300000) )) len=$(( RANDOM * 9 + 1 ))
-    src=/dev/urandom
-    [ $((i % 5)) -eq 4 ] && src=/dev/zero
-    head -c $len $src | dd of="$S/base.raw" bs=64K seek=$off oflag=seek_bytes conv=notrunc \
-        status=none
-done
+python3 - "$S/base.raw" $SIZE "$seed" <<'EOF' || exit 1
+import random, sys
+path, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+r = random.Random(seed)
+with open(path, "wb") as f:
+    f.truncate(size)
+    for i in range(40):
+        n = r.randrange(1, 300000)
+        f.seek(r.randrange(0, size - n))
+        f.write(bytes(n) if i % 5 == 4 else r.randbytes(n))
+EOF
 truncate -s $SIZE "$S/zero.raw"
 
 # fsx_round DESC ARGS...: one fsx run; all of its output is shown when it fails.
@@ -67,6 +70,7 @@ shape() {
     local conf=$S/$name.conf model=$S/$name.model f=$S/mnt-$name/$name
     local ro=false
     [ "$kind" = read-only ] && ro=true
+    shape_ok=0
     {
         printf '[disk %s]\nlayers = %s\nread-only = %s\n\n' "$name" "$layers" "$ro"
         printf '%s\n\n' "$@"
@@ -76,6 +80,7 @@ shape() {
     local s1=$seed s2=$((seed + 1)) s3=$((seed + 2)) n=$nfirst
     seed=$((seed + 3))
     nfirst=$((nfirst + 3 * ROUND + 100))
+    # A failed round leaves the model behind the disk: the shape stops there.
     # shellcheck disable=SC2086
     case $kind in
     read-only)
@@ -87,39 +92,42 @@ shape() {
     persistent)
         mount_shape "$name" $dargs || return
         fsx_round "$name: round 1 matches the model" -s $s1 -N $n -n $ROUND -m "$model" \
-            $fargs "$f"
+            $fargs "$f" || { stop_daemon; return; }
         stop_daemon
         is "$DAEMON_STATUS" 0 "$name: layerfs exits 0"
         mount_shape "$name" $dargs || return
         fsx_round "$name: after a remount; round 2 matches, then unsynced changes" \
-            -s $s2 -N $((n + ROUND)) -n $ROUND -u 24 -m "$model" $fargs "$f"
+            -s $s2 -N $((n + ROUND)) -n $ROUND -u 24 -m "$model" $fargs "$f" ||
+            { stop_daemon; return; }
         crash_daemon
         mount_shape "$name" $dargs || return
         fsx_round "$name: after kill -9 fsynced data is intact; round 3 matches" \
-            -c -s $s3 -N $((n + 2 * ROUND + 24)) -n $ROUND -m "$model" $fargs "$f"
+            -c -s $s3 -N $((n + 2 * ROUND + 24)) -n $ROUND -m "$model" $fargs "$f" ||
+            { stop_daemon; return; }
         stop_daemon
         mount_shape "$name" $dargs || return
         fsx_round "$name: after a remount the disk equals the model" \
-            -s $s3 -n 0 -m "$model" $fargs "$f"
+            -n 0 -m "$model" $fargs "$f" && shape_ok=1
         stop_daemon
         ;;
     volatile)
         mount_shape "$name" $dargs || return
         fsx_round "$name: round 1 matches the model" -s $s1 -N $n -n $ROUND -m "$model" \
-            $fargs "$f"
+            $fargs "$f" &&
         fsx_round "$name: round 2 matches the model" -s $s2 -N $((n + ROUND)) -n $ROUND \
-            -m "$model" $fargs "$f"
+            -m "$model" $fargs "$f" || { stop_daemon; return; }
         stop_daemon
         is "$DAEMON_STATUS" 0 "$name: layerfs exits 0"
         cp "$init" "$model"
         mount_shape "$name" $dargs || return
         fsx_round "$name: after a remount the disk reads as its base; round 3 matches" \
-            -s $s3 -N $((n + 2 * ROUND)) -n $ROUND -m "$model" $fargs "$f"
+            -s $s3 -N $((n + 2 * ROUND)) -n $ROUND -m "$model" $fargs "$f" ||
+            { stop_daemon; return; }
         crash_daemon
         cp "$init" "$model"
         mount_shape "$name" $dargs || return
-        fsx_round "$name: after kill -9 the disk reads as its base" -s $s3 -n 0 \
-            -m "$model" $fargs "$f"
+        fsx_round "$name: after kill -9 the disk reads as its base" -n 0 -m "$model" \
+            $fargs "$f" && shape_ok=1
         stop_daemon
         ;;
     esac
@@ -160,6 +168,7 @@ shape ovl-4k persistent "$S/base.raw" "-b 4096 -d 10" "" "top base" \
     "$(overlay top ovl-4k 4K)" "$RO_BASE"
 shape ovl-64k persistent "$S/base.raw" "-b 65536 -d 10" "" "top base" \
     "$(overlay top ovl-64k 64K)" "$RO_BASE"
+ovl64k_ok=$shape_ok
 shape ovl-1m persistent "$S/base.raw" "-b 1048576" "" "top base" \
     "$(overlay top ovl-1m 1M)" "$RO_BASE"
 shape ovl-page persistent "$S/base.raw" "-b 16384 -M -d 10" "--cache=page" "top base" \
@@ -172,6 +181,7 @@ format = ram" "$RO_BASE"
 
 # ---- deeper stacks ------------------------------------------------------------------------
 # The 64K overlay above, holding data now, under a new 4K overlay; and as a read-only disk.
+[ "$ovl64k_ok" = 1 ] || _t_result 1 "ovl-ovl, read-only-disk: ovl-64k passed (they use it)"
 cp "$S/ovl-64k.model" "$S/ovl-64k.final"
 shape ovl-ovl persistent "$S/ovl-64k.final" "-b 4096" "" "top mid base" \
     "$(overlay top ovl-ovl 4K)" "[layer mid]

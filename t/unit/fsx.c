@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* fsx for layerfs (t/3080-fuse-fsx.t): random reads, writes, punched holes, zeroed ranges,
- * fsyncs, SEEK_HOLE/SEEK_DATA, mmap and O_DIRECT I/O on an exposed disk file, each checked
+ * fsyncs, SEEK_HOLE/SEEK_DATA, mmap, O_DIRECT and O_DSYNC I/O on an exposed disk file, checked
  * against an in-memory model; a model file carries the expected contents across remounts. */
 #include <errno.h>
 #include <fcntl.h>
@@ -59,7 +59,7 @@ static struct {
     uint64_t seed, rng;
     unsigned long first, nops, cur;
     uint64_t size, bs;
-    int fd, dfd;            /* dfd: O_DIRECT, or -1 */
+    int fd, dfd, sfd;       /* dfd: O_DIRECT, or -1; sfd: O_DSYNC (FUA writes) */
     unsigned direct_pct;
     bool use_mmap, read_only;
     uint8_t *model, *buf, *dbuf, *map;
@@ -68,7 +68,7 @@ static struct {
     struct pend *pend;
     size_t npend;
     unsigned long count[16];
-} g = { .fd = -1, .dfd = -1, .bs = 4096 };
+} g = { .fd = -1, .dfd = -1, .sfd = -1, .bs = 4096 };
 
 enum { C_READ, C_WRITE, C_PUNCH, C_ZERO, C_SYNC, C_SEEK, C_MREAD, C_MWRITE, C_ERR, C_DIRECT };
 static const char *const count_names[] = {
@@ -271,9 +271,11 @@ static void do_write(bool direct, bool pending)
     uint64_t a = direct ? DIO_ALIGN : 1, off = pick_off(a), len = pick_len(off, a);
     uint8_t *b = direct ? g.dbuf : g.buf;
 
+    bool dsync = !direct && !pending && g.sfd >= 0 && below(8) == 0;
+
     fill_random(b, len);
-    ssize_t n = pwrite(direct ? g.dfd : g.fd, b, len, (off_t)off);
-    logop(direct ? "write O_DIRECT" : "write", off, len, n);
+    ssize_t n = pwrite(direct ? g.dfd : dsync ? g.sfd : g.fd, b, len, (off_t)off);
+    logop(direct ? "write O_DIRECT" : dsync ? "write O_DSYNC" : "write", off, len, n);
     if (n != (ssize_t)len)
         fail_at(off, "pwrite %" PRIu64 "+%" PRIu64 " returned %zd (%s)", off, len, n,
                 n < 0 ? strerror(errno) : "short");
@@ -689,6 +691,10 @@ int main(int argc, char **argv)
             perror("O_DIRECT open");
             return 1;
         }
+    }
+    if (!g.read_only && (g.sfd = open(g.path, O_RDWR | O_DSYNC)) < 0) {
+        perror("O_DSYNC open");
+        return 1;
     }
     if (g.use_mmap) {
         g.map = mmap(NULL, g.size, PROT_READ | (g.read_only ? 0 : PROT_WRITE), MAP_SHARED,
