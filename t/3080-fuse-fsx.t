@@ -102,7 +102,7 @@ shape() {
         crash_daemon
         mount_shape "$name" $dargs || return
         fsx_round "$name: after kill -9 fsynced data is intact; round 3 matches" \
-            -c -s $s3 -N $((n + 2 * ROUND + 24)) -n $ROUND -m "$model" $fargs "$f" ||
+            -c -s $s3 -N $((n + 2 * ROUND + 48)) -n $ROUND -m "$model" $fargs "$f" ||
             { stop_daemon; return; }
         stop_daemon
         mount_shape "$name" $dargs || return

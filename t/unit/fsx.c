@@ -23,11 +23,11 @@
  * that the data survived -- then run OPS random operations, fsync, compare the whole file
  * again and save the model.  The test script runs rounds between clean unmounts and kills.
  *
- * Crash rounds: -u K ends the round with an fsync, saves the model as it was then, and does
- * K more writes, holes and zeroings without an fsync, logged to MODEL.pending.  After the
- * daemon is killed and the disk remounted, -c compares: every byte must hold its fsynced
- * value or a value one of the unsynced operations put there.  What it holds becomes the
- * model.
+ * Crash rounds: -u K ends the round with K writes, holes and zeroings and an fsync, saves
+ * the model as it was then, and does K more without an fsync, logged to MODEL.pending.
+ * After the daemon is killed and the disk remounted, -c compares: every byte must hold its
+ * fsynced value or a value one of the unsynced operations put there.  What it holds
+ * becomes the model.
  *
  * Operations that the documentation (layerfs(1), NOTES) says fail are done too, and must
  * fail with the documented errno; the few whose errno is not documented are checked
@@ -61,7 +61,7 @@ static struct {
     uint64_t size, bs;
     int fd, dfd, sfd;       /* dfd: O_DIRECT, or -1; sfd: O_DSYNC (FUA writes) */
     unsigned direct_pct;
-    bool use_mmap, read_only;
+    bool use_mmap, read_only, no_dsync;
     uint8_t *model, *buf, *dbuf, *map;
     struct logent log[LOG_LEN];
     unsigned long nlog;
@@ -271,7 +271,7 @@ static void do_write(bool direct, bool pending)
     uint64_t a = direct ? DIO_ALIGN : 1, off = pick_off(a), len = pick_len(off, a);
     uint8_t *b = direct ? g.dbuf : g.buf;
 
-    bool dsync = !direct && !pending && g.sfd >= 0 && below(8) == 0;
+    bool dsync = !direct && !pending && !g.no_dsync && g.sfd >= 0 && below(8) == 0;
 
     fill_random(b, len);
     ssize_t n = pwrite(direct ? g.dfd : dsync ? g.sfd : g.fd, b, len, (off_t)off);
@@ -470,6 +470,17 @@ static void do_edge_ro(void)
     g.count[C_ERR]++;
 }
 
+/* A write, punch or zeroing; record: it is part of the unsynced tail. */
+static void change_op(bool direct, bool record)
+{
+    unsigned p = (unsigned)below(100);
+
+    if (p < 60)
+        do_write(direct, record);
+    else
+        do_zero(p < 80, record);
+}
+
 static void one_op(bool pending)
 {
     unsigned p = (unsigned)below(100);
@@ -485,10 +496,7 @@ static void one_op(bool pending)
         return;
     }
     if (pending) {  /* a crash round's unsynced tail: only what changes the data */
-        if (p < 60)
-            do_write(direct, true);
-        else
-            do_zero(p < 80, true);
+        change_op(direct, true);
         return;
     }
     if (p < 28)
@@ -639,8 +647,8 @@ static void usage(void)
             "  -d PCT       percentage of reads and writes done with O_DIRECT, aligned\n"
             "  -M           mmap reads and writes too (needs --cache=page)\n"
             "  -r           the disk is read-only: reads, and writes that must fail\n"
-            "  -u UNSYNCED  end with an fsync then UNSYNCED unsynced changes (MODEL.pending)\n"
-            "  -c           check after a kill: fsynced data intact, MODEL.pending may be\n");
+            "  -u UNSYNCED  end with UNSYNCED changes, an fsync, UNSYNCED unsynced changes\n"
+            "  -c           check after a kill: fsynced data intact, MODEL.pending old or new\n");
     exit(2);
 }
 
@@ -728,6 +736,11 @@ int main(int argc, char **argv)
 
     for (; g.cur < g.first + g.nops; g.cur++)
         one_op(false);
+    /* Before a crash round's fsync, changes that no O_DSYNC write flushes by the way: only
+     * that fsync makes them durable. */
+    g.no_dsync = true;
+    for (unsigned long i = 0; i < unsynced; i++, g.cur++)
+        change_op(false, false);
     if (!g.read_only)
         do_sync();
     full_compare("after the round, the whole file");
