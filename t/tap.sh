@@ -14,6 +14,7 @@
 #   on_exit "shell code"         run at exit, last registered first
 #   start_daemon MNT ARGS...     run layerfs -f ARGS MNT, wait for its pidfile, register stop
 #   stop_daemon                  SIGTERM, wait; fails the test if it had to be SIGKILLed
+#   crash_daemon                 SIGKILL (a crash), wait, remove the dead mount
 #   done_testing                 print the plan and exit with the right status
 #
 # $SCRATCH is a fresh directory for this test; it is removed unless a check failed.
@@ -214,6 +215,9 @@ stop_daemon() {
     _t_daemon_mnt=
     return 0
 }
+
+# crash_daemon: kill -9 the daemon, as a crash would, and lazily remove its dead mount.
+crash_daemon() { _t_force_stop; }
 
 done_testing() {
     echo "1..$_t_num"
