@@ -4,6 +4,7 @@
  * the write-zeroes fallback live here and nowhere else. */
 
 #include <errno.h>
+#include <inttypes.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -172,6 +173,18 @@ void bc_dev_get_stats(struct bc_dev *dev, struct bc_dev_stats *st)
     st->rmw = __atomic_load_n(&dev->n_rmw, __ATOMIC_RELAXED);
     st->bounced = __atomic_load_n(&dev->n_bounced, __ATOMIC_RELAXED);
     st->blocker_waits = __atomic_load_n(&dev->n_blocker_waits, __ATOMIC_RELAXED);
+}
+
+char *bc_dev_drv_stats_text(struct bc_dev *dev)
+{
+    struct bc_drv_stats st = { 0 };
+
+    if (dev->drv->get_stats == NULL)
+        return NULL;
+    dev->drv->get_stats(dev->state, &st);
+    return g_strdup_printf("zero-copy requests %" PRIu64 " (%" PRIu64 " bytes), copied "
+                           "requests %" PRIu64 " (%" PRIu64 " bytes)", st.zero_copy_reqs,
+                           st.zero_copy_bytes, st.copied_reqs, st.copied_bytes);
 }
 
 static void stat_max(uint64_t *max, uint64_t v)

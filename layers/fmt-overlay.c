@@ -462,6 +462,7 @@ static int ovl_close(struct layer *l)
     struct bc_sync s;
     int res = 0;
 
+    layer_log_driver_stats(l, o->f.dev);
     if (o->writable) {
         if (bc_sync_begin(&s, NULL, NULL)) {
             ovl_flush(l, s.loop, bc_sync_cb, &s);

@@ -99,6 +99,8 @@ void layer_next_read(struct layer *l, struct bc_loop *loop, const struct iovec *
                      int iovcnt, uint64_t offset, bc_cb *cb, void *opaque);
 /* Deliver cb(opaque, res) from loop's next iteration. */
 void layer_complete_later(struct bc_loop *loop, bc_cb *cb, void *opaque, int res);
+/* Log the figures of the layer's driver, if it keeps any (at close). */
+void layer_log_driver_stats(const struct layer *l, struct bc_dev *dev);
 /* Open a bc_dev for a layer's configuration, locked as asked (see struct bc_open_args).
  * NULL with *errp set. */
 struct bc_dev *layer_open_dev(const struct lf_layer_cfg *cfg, bool read_only, bool direct,
