@@ -6,8 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "layers/cache.h"
 #include "layers/overlay.h"
-#include "layers/sparse.h"
 
 /*
  * Notes on the design
@@ -42,6 +42,7 @@ struct ovl_fl {
 struct ovl {
     struct sparse sp;
     struct ovl_file f;
+    struct lf_cache *cache;         /* cache-size set: a bounded read cache (cache.c) */
     bool writable;
     GMutex flock;
     struct ovl_fl *queue;           /* waiting flushes, FIFO */
@@ -369,6 +370,8 @@ static void ovl_flush(struct layer *l, struct bc_loop *loop, bc_cb *cb, void *op
 
 /* ---- layer operations ---------------------------------------------------------------- */
 
+static int ovl_close(struct layer *l);
+
 static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct layer *below,
                      bool writable, GError **errp)
 {
@@ -436,7 +439,7 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
 
     sparse_init(&o->sp, l, o->f.h.size, o->f.h.block_size, &ovl_store, o);
     assert(o->sp.bitmap_len == o->f.h.bitmap_len && o->sp.nblocks == o->f.h.nblocks);
-    memcpy(o->sp.bitmap, o->f.bitmap, o->sp.bitmap_len);
+    sparse_load(&o->sp, o->f.bitmap);
     g_mutex_init(&o->flock);
     o->queue_tail = &o->queue;
     o->cyc_copy = bc_buf_alloc(o->sp.bitmap_len);
@@ -447,6 +450,14 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
     l->block_size = o->f.h.block_size;
     l->io_align = bc_dev_props(o->f.dev)->req_align;
     l->read_only = !o->writable;
+    if (cfg->cache_size != 0 && o->writable) {
+        o->cache = cache_open(l, &o->sp, cfg->cache_size,
+                              OVL_HEADER_SIZE + o->f.h.bitmap_len, errp);
+        if (o->cache == NULL) {
+            ovl_close(l);
+            return false;
+        }
+    }
     return true;
 
 fail:
@@ -462,6 +473,8 @@ static int ovl_close(struct layer *l)
     struct bc_sync s;
     int res = 0;
 
+    cache_close(o->cache);
+    o->cache = NULL;
     layer_log_driver_stats(l, o->f.dev);
     if (o->writable) {
         if (bc_sync_begin(&s, NULL, NULL)) {
@@ -504,6 +517,10 @@ static int ovl_block_status(struct layer *l, uint64_t offset, uint64_t len, uint
 static void ovl_read(struct layer *l, struct bc_loop *loop, const struct iovec *iov,
                      int iovcnt, uint64_t offset, bc_cb *cb, void *opaque)
 {
+    if (ovl_of(l)->cache != NULL) {
+        cache_read(ovl_of(l)->cache, loop, iov, iovcnt, offset, cb, opaque);
+        return;
+    }
     sparse_read(&ovl_of(l)->sp, loop, iov, iovcnt, offset, cb, opaque);
 }
 
@@ -541,6 +558,11 @@ static void ovl_write(struct layer *l, struct bc_loop *loop, const struct iovec 
 {
     struct ovl *o = ovl_of(l);
 
+    if (o->cache != NULL) {
+        assert(flags == LAYER_NO_OVERWRITE);    /* disk.c sends a bounded cache only fills */
+        cache_fill(o->cache, loop, iov, iovcnt, offset, cb, opaque);
+        return;
+    }
     if (flags & BC_REQ_FUA) {
         struct ovl_fua *w = g_new0(struct ovl_fua, 1);
         *w = (struct ovl_fua){ l, loop, cb, opaque };
@@ -575,6 +597,7 @@ static void ovl_discard(struct layer *l, struct bc_loop *loop, uint64_t offset, 
 const struct layer_ops layer_fmt_overlay = {
     .format = "overlay",
     .has_block_size = true,
+    .has_cache_size = true,
     .can_create = true,
     .open = ovl_open,
     .close = ovl_close,

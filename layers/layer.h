@@ -36,6 +36,8 @@ struct layer_ops {
     bool in_memory;
     /* Takes the block-size key (presence granularity). */
     bool has_block_size;
+    /* Takes the cache-size key (a bounded read cache, see cache.h). */
+    bool has_cache_size;
     /* create = true makes a new image when the path does not exist (checked at open). */
     bool can_create;
     /* Open: fill l->size, l->block_size, l->read_only; set l->priv. false + *errp on error.

@@ -28,6 +28,7 @@ struct lf_layer_cfg {
     bool write_through;
     bool create;
     uint64_t block_size;    /* overlay block size; 0 = format default */
+    uint64_t cache_size;    /* bound on a read cache's file space; 0 = unbounded */
     GHashTable *driver_opts;/* driver-specific keys, char* -> char* */
     char *origin;           /* "FILE:GROUP" for messages */
 };
