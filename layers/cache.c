@@ -11,8 +11,9 @@
  * Notes on the design
  *
  * Space.  The overlay file is sparse at its full size; what it takes is its header and
- * bitmap (meta) plus one allocation unit (the block size, at least 4 KiB) per block that
- * holds data.  The bound, limit, is in such units.  Blocks hold data when present
+ * bitmap (meta), one allocation unit (the block size, at least 4 KiB) per block that holds
+ * data, and the file system's map of the file's extents (allowed for at 16 bytes a block,
+ * plus two blocks).  The bound, limit, is in such units.  Blocks hold data when present
  * (sp->npresent), while being evicted (cleared but not yet punched: evicting) and while a
  * fill writes them (reserved: every block a fill spans, reserved before it is written,
  * released when it completes).  A fill starts only if npresent + evicting + reserved stays
@@ -24,8 +25,8 @@
  * cache gets its reference bit; the hand clears the bits it passes and takes the first
  * present block without one.  The bits live only in memory: after a restart every block
  * starts unreferenced.  A fill that finds no room starts a batch (at least limit/16 blocks)
- * or waits for the running one, then tries once more; if there is still no room it is
- * skipped (the read it serves already has its data).
+ * or waits for the running one, then tries again; after FILL_MAX_WAITS batches without
+ * room (other fills took it) it is skipped: the read it serves already has its data.
  *
  * One batch runs at a time, on the loop of the fill that started it: it takes a strong
  * range lock (sp->locks) on each victim, clears their presence bits, runs a flush cycle of
@@ -46,6 +47,8 @@
  * by the running batch.  c->lock is never held with sp->lock or a blocker list's lock.
  */
 
+#define FILL_MAX_WAITS 4    /* batches a fill waits for before it is skipped */
+
 struct fill {
     struct lf_cache *c;
     struct bc_loop *loop;
@@ -53,7 +56,7 @@ struct fill {
     int iovcnt;
     uint64_t offset, len;
     uint64_t nres;          /* blocks reserved */
-    bool waited;
+    unsigned waits;         /* eviction batches waited for */
     bc_cb *cb;
     void *opaque;
     struct bc_task task;
@@ -91,6 +94,8 @@ struct lf_cache {
     struct fill *waiters;
     uint64_t hits, misses, evictions, below_bytes;
 };
+
+unsigned cache_test_read_delay_us;
 
 static void add(uint64_t *ctr, uint64_t n)
 {
@@ -333,13 +338,13 @@ static void fill_try(struct fill *f)
                      fill_done, f);
         return;
     }
-    if (n > c->limit || f->waited) {
+    if (n > c->limit || f->waits == FILL_MAX_WAITS) {
         g_mutex_unlock(&c->lock);
         f->task.fn = fill_skip_task;
         bc_loop_defer(f->loop, &f->task);
         return;
     }
-    f->waited = true;
+    f->waits++;
     f->next = c->waiters;
     c->waiters = f;
     bool start = !c->running;
@@ -396,6 +401,9 @@ static void crd_go(struct crd *r)
         for (uint64_t b = r->lock.start; b < r->lock.end; b++)
             __atomic_fetch_or(&c->ref[b >> 3], (uint8_t)(1u << (b & 7)), __ATOMIC_RELAXED);
         add(&c->hits, r->lock.end - r->lock.start);
+        unsigned delay = __atomic_load_n(&cache_test_read_delay_us, __ATOMIC_RELAXED);
+        if (delay > 0)
+            g_usleep(delay);    /* a thread preempted between its check and its read */
         sparse_read(sp, r->loop, r->iov, r->iovcnt, r->offset, crd_done, r);
         return;
     }
@@ -451,6 +459,8 @@ static bool trim(struct lf_cache *c, struct bc_sync *s, GError **errp)
     r = bc_sync_wait(s);
     for (guint i = 0; r == 0 && i < gone->len; i++)
         r = sync_punch(sp, s, g_array_index(gone, uint64_t, i) << sp->shift, sp->bs);
+    if (r == 0)
+        add(&c->evictions, gone->len);
     if (r == 0)
         g_message("%s: evicted %u blocks at open to fit cache-size", c->l->origin, gone->len);
     else
@@ -512,7 +522,11 @@ struct lf_cache *cache_open(struct layer *l, struct sparse *sp, uint64_t size, u
     uint64_t unit = MAX(sp->bs, 4096u);
     struct bc_sync s;
 
-    if (size <= meta || (size - meta) / unit == 0) {
+    /* The file system's own map of a fragmented sparse file (ext4's extent blocks hold
+     * some 340 extents each, one extent per run of blocks) counts in du too: allow a
+     * block of it per 256 blocks, and two more for the tree's upper levels. */
+    meta += 2 * 4096;
+    if (size <= meta || (size - meta) / (unit + 16) == 0) {
         g_set_error(errp, LF_ERROR, EINVAL, "%s:cache-size: %" PRIu64 " bytes cannot hold "
                     "the cache's header and bitmap (%" PRIu64 " bytes) and one block of %"
                     PRIu64, l->origin, size, meta, unit);
@@ -521,7 +535,7 @@ struct lf_cache *cache_open(struct layer *l, struct sparse *sp, uint64_t size, u
     struct lf_cache *c = g_new0(struct lf_cache, 1);
     c->l = l;
     c->sp = sp;
-    c->limit = (size - meta) / unit;
+    c->limit = (size - meta) / (unit + 16);
     c->batch = MIN(MAX(c->limit / 16, 1), 4096);
     c->ref = g_malloc0(sp->bitmap_len);
     g_mutex_init(&c->lock);

@@ -8,16 +8,6 @@
 
 struct lf_cache;
 
-/* The figures of one cache since it was opened (see layerfs.conf(5), FIGURES). */
-struct lf_cache_stats {
-    uint64_t hits;          /* cache blocks read from the cache */
-    uint64_t misses;        /* cache blocks read from below on behalf of the cache */
-    uint64_t evictions;     /* blocks evicted */
-    uint64_t filled_bytes;  /* bytes written into the cache by fills */
-    uint64_t below_bytes;   /* bytes read from the layers below through the cache */
-    uint64_t used_blocks;   /* blocks the cache file holds now */
-    uint64_t limit_blocks;  /* blocks it may hold */
-};
 
 /* Bound l (an open overlay whose engine is sp; meta = bytes of its header and bitmap) to
  * size bytes: count and reclaim its space, evict down to the bound.  NULL + *errp. */
@@ -33,5 +23,9 @@ void cache_fill(struct lf_cache *c, struct bc_loop *loop, const struct iovec *io
                 int iovcnt, uint64_t offset, bc_cb *cb, void *opaque);
 /* Snapshot the figures (any thread). */
 void cache_get_stats(struct lf_cache *c, struct lf_cache_stats *st);
+
+/* Tests only: microseconds a read from the cache sleeps between its presence check and
+ * its read (0 = off), to widen the window an eviction must not slip into. */
+extern unsigned cache_test_read_delay_us;
 
 #endif

@@ -640,6 +640,13 @@ const char *lf_disk_layer_name(const struct lf_disk *disk, unsigned i)
     return i < disk->nlayers ? disk->layers[i]->name : NULL;
 }
 
+bool lf_disk_cache_stats(struct lf_disk *disk, unsigned i, struct lf_cache_stats *st)
+{
+    struct layer *l = i < disk->nlayers ? disk->layers[i] : NULL;
+
+    return l != NULL && l->ops->cache_stats != NULL && l->ops->cache_stats(l, st);
+}
+
 const char *lf_disk_layer_format(const struct lf_disk *disk, unsigned i)
 {
     return i < disk->nlayers ? disk->layers[i]->ops->format : NULL;

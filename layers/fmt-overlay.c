@@ -594,6 +594,14 @@ static void ovl_discard(struct layer *l, struct bc_loop *loop, uint64_t offset, 
     sparse_discard(&ovl_of(l)->sp, loop, offset, len, cb, opaque);
 }
 
+static bool ovl_cache_stats(struct layer *l, struct lf_cache_stats *st)
+{
+    if (ovl_of(l)->cache == NULL)
+        return false;
+    cache_get_stats(ovl_of(l)->cache, st);
+    return true;
+}
+
 const struct layer_ops layer_fmt_overlay = {
     .format = "overlay",
     .has_block_size = true,
@@ -608,5 +616,6 @@ const struct layer_ops layer_fmt_overlay = {
     .zero = ovl_zero,
     .discard = ovl_discard,
     .flush = ovl_flush,
+    .cache_stats = ovl_cache_stats,
     .can_no_overwrite = true,
 };

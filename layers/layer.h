@@ -64,6 +64,8 @@ struct layer_ops {
                     bc_cb *cb, void *opaque);
     /* Make completed writes durable. */
     void (*flush)(struct layer *l, struct bc_loop *loop, bc_cb *cb, void *opaque);
+    /* Optional: a bounded read cache's figures; false if the layer is none. */
+    bool (*cache_stats)(struct layer *l, struct lf_cache_stats *st);
     /* True if write() honours LAYER_NO_OVERWRITE (required for read-cache). */
     bool can_no_overwrite;
 };
