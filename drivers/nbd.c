@@ -44,7 +44,7 @@
  * Lost connections.  A connection is lost when libnbd's handle dies (the server went away,
  * a protocol error), when a request fails with ENOTCONN/ESHUTDOWN (the server is shutting
  * down), or when requests are in flight and the server has answered nothing for
- * retry-timeout seconds.  Requests in flight are then put back at the head of the queue and
+ * retry-timeout seconds (at least one).  Requests in flight are then put back at the head of the queue and
  * sent again, in order, on a new connection; attempts are made with a backoff (0.1 s doubling
  * to 2 s) until retry-timeout seconds after the loss, and only then does every waiting
  * request fail with EIO.  After that, new requests fail at once with EIO while attempts go
@@ -563,7 +563,8 @@ static gpointer bc_nbd_conn_thread(gpointer opaque)
             continue;
         }
         bc_nbd_process_done(c);
-        if (g_hash_table_size(c->inflight) && bc_nbd_now() > c->last_progress + d->retry_us)
+        if (g_hash_table_size(c->inflight) &&
+            bc_nbd_now() > c->last_progress + MAX(d->retry_us, G_USEC_PER_SEC))
             bc_nbd_conn_lost(c, "the server stopped answering");
     }
     return NULL;
