@@ -14,6 +14,7 @@
     X(null)                     \
     X(ram)                      \
     X(fault)                    \
+    X(nbd)                      \
     X(virtio_blk_vhost_user)    \
     X(virtio_blk_vfio_pci)
 
