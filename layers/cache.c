@@ -424,8 +424,9 @@ void cache_read(struct lf_cache *c, struct bc_loop *loop, const struct iovec *io
     *r = (struct crd){ .c = c, .loop = loop, .iov = iov, .iovcnt = iovcnt, .offset = offset,
                        .len = bc_iov_len(iov, iovcnt), .cb = cb, .opaque = opaque };
     if (r->len == 0 || offset >= c->sp->size) {
+        int res = r->len == 0 ? 0 : -EIO;
         g_free(r);
-        layer_complete_later(loop, cb, opaque, r->len == 0 ? 0 : -EIO);
+        layer_complete_later(loop, cb, opaque, res);
         return;
     }
     r->lock.start = offset >> c->sp->shift;
