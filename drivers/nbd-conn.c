@@ -247,7 +247,7 @@ static bool bc_nbd_retryable(int err)
     return err == ENOTCONN || err == ESHUTDOWN || err == ECONNRESET || err == EPIPE;
 }
 
-/* The connection is gone: take back what was in flight, to resend first, in order. */
+/* The connection is gone: take back what was in flight, to send again first. */
 static void bc_nbd_conn_lost(struct bc_nbd_conn *c, const char *why)
 {
     struct bc_nbd *d = c->d;
@@ -316,10 +316,12 @@ static void bc_nbd_try_reconnect(struct bc_nbd_conn *c)
     }
 }
 
-/* Deliver what libnbd completed. */
-static void bc_nbd_process_done(struct bc_nbd_conn *c)
+/* Deliver what libnbd completed; requests that failed because the connection is going away
+ * are queued again.  Returns the errno of the last such failure, or 0. */
+static int bc_nbd_process_done(struct bc_nbd_conn *c)
 {
     struct bc_nbd *d = c->d;
+    int retry_err = 0;
 
     for (guint i = 0; i < c->done->len; i++) {
         struct bc_nbd_done nd = g_array_index(c->done, struct bc_nbd_done, i);
@@ -328,6 +330,7 @@ static void bc_nbd_process_done(struct bc_nbd_conn *c)
 
         if (nd.err && bc_nbd_retryable(nd.err)) {
             g_queue_push_tail(&c->pending, dreq);
+            retry_err = nd.err;
             continue;
         }
         if (!nd.err) {
@@ -337,8 +340,8 @@ static void bc_nbd_process_done(struct bc_nbd_conn *c)
             if (dreq->op == BC_OP_WRITE)
                 bc_nbd_add(&d->stats.remote_write_bytes, dreq->len);
             g_mutex_lock(&d->lock);
-            if (dreq->op == BC_OP_WRITE && !bc_nbd_fua(d, dreq))
-                d->acked++;
+            if (dreq->op != BC_OP_READ && dreq->op != BC_OP_FLUSH && !bc_nbd_fua(d, dreq))
+                d->acked++;     /* data the server may still lose until a flush */
             if (dreq->op == BC_OP_FLUSH)
                 d->flushed_upto = MAX(d->flushed_upto, dreq->drv_scratch[0]);
             g_mutex_unlock(&d->lock);
@@ -346,6 +349,7 @@ static void bc_nbd_process_done(struct bc_nbd_conn *c)
         bc_nbd_finish(c, dreq, res);
     }
     g_array_set_size(c->done, 0);
+    return retry_err;
 }
 
 /* Issue everything pending while connected. */
@@ -410,6 +414,7 @@ gpointer bc_nbd_conn_thread(gpointer opaque)
                 bc_nbd_fail_pending(c);
         }
         bc_nbd_issue_pending(c);
+        bc_nbd_process_done(c);     /* libnbd may have completed some while issuing */
 
         int64_t deadline = bc_nbd_now() + G_USEC_PER_SEC;
         if (c->state != NBD_UP) {
@@ -425,7 +430,13 @@ gpointer bc_nbd_conn_thread(gpointer opaque)
             bc_nbd_conn_lost(c, nbd_get_error() ? nbd_get_error() : "connection closed");
             continue;
         }
-        bc_nbd_process_done(c);
+        int retry_err = bc_nbd_process_done(c);
+        if (retry_err) {
+            /* The server refuses requests on a live connection (ESHUTDOWN while it shuts
+             * down): reconnect rather than resend into it at once. */
+            bc_nbd_conn_lost(c, g_strerror(retry_err));
+            continue;
+        }
         if (g_hash_table_size(c->inflight) &&
             bc_nbd_now() > c->last_progress + MAX(d->retry_us, G_USEC_PER_SEC))
             bc_nbd_conn_lost(c, "the server stopped answering");

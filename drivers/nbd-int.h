@@ -39,15 +39,16 @@
  * a protocol error), when a request fails with ENOTCONN/ESHUTDOWN (the server is shutting
  * down), or when requests are in flight and the server has answered nothing for
  * retry-timeout seconds (at least one).  Requests in flight are then put back at the head
- * of the queue and sent again, in order, on a new connection; attempts are made with a
- * backoff (0.1 s doubling to 2 s) until retry-timeout seconds after the loss, and only then
- * does every waiting request fail with EIO.  After that, new requests fail at once with EIO
- * while attempts go on in the background, until one succeeds.  Resending is safe: blockcore
- * never has two overlapping writes in flight.  What a reconnect cannot make safe is a write
- * the server acknowledged but that no flush has covered yet: a restarted server may have
- * lost it.  So if a connection is lost while such writes exist, the next flush fails with
- * EIO once (the way a failed writeback surfaces at fsync), instead of pretending they are
- * durable.  block_status, synchronous by the driver interface, waits like any request.
+ * of the queue and sent again on a new connection (in any order: blockcore never has two
+ * overlapping writes in flight, and a flush covers only writes completed before it);
+ * attempts are made with a backoff (0.1 s doubling to 2 s) until retry-timeout seconds
+ * after the loss, and only then does every waiting request fail with EIO.  After that, new
+ * requests fail at once with EIO while attempts go on in the background, until one
+ * succeeds.  What a reconnect cannot make safe is a write the server acknowledged but that
+ * no flush has covered yet: a restarted server may have lost it.  So if a connection is
+ * lost while such writes exist, the next flush fails with EIO once (the way a failed
+ * writeback surfaces at fsync), instead of pretending they are durable.  block_status,
+ * synchronous by the driver interface, waits like any request.
  */
 
 #define NBD_MAX_CONNS 16
