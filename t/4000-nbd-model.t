@@ -75,8 +75,10 @@ start_daemon "$S/mnt" -c "$S/ovl.conf" || _t_result 1 "overlay: remount"
 cmp_file "$S/mnt/d" "$S/overlay.ref" "overlay: after remount the disk equals the model"
 stop_daemon
 
-# 2. A writable nbdkit memory export (sparse, multi-conn), three I/O threads.
-nbd_serve mem nbdkit -f -U "$(nbd_sock mem)" memory 20M || exit 1
+# 2. A writable nbdkit memory export (sparse, multi-conn), three I/O threads; its log filter
+# shows the connections the driver opened.
+nbd_serve mem nbdkit -f -U "$(nbd_sock mem)" --filter=log memory 20M logfile="$S/mem.nbdlog" ||
+    exit 1
 nbd_layer base "$(nbd_uri mem)" | sed '1i [disk d]\nlayers = base\n' >"$S/mem.conf"
 model memory "$S/mem.conf" -t 3
 truncate -s 20M "$S/memory.ref"
@@ -85,6 +87,22 @@ cmp_file "$S/mnt/d" "$S/memory.ref" "memory: after concurrent writers the disk e
 ok "memory: fsync" python3 -c "import os; os.fsync(os.open('$S/mnt/d', os.O_RDONLY))"
 stop_daemon
 is "$DAEMON_STATUS" 0 "memory: layerfs exits 0"
+is "$(grep -c ' Connect ' "$S/mem.nbdlog")" 4 "memory: multi-conn: the driver opened 4 connections"
+ok "memory: fsync sent flushes" grep -q ' Flush id=' "$S/mem.nbdlog"
+
+# 2b. The same over TLS (a pre-shared key), with an nbds+unix URI.
+printf 'alice:%s\n' "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$S/psk"
+chmod 600 "$S/psk"
+nbd_serve tls nbdkit -f --tls=require --tls-psk="$S/psk" -U "$(nbd_sock tls)" memory 8M ||
+    exit 1
+nbd_layer base "nbds+unix://alice@/?socket=$(nbd_sock tls)&tls-psk-file=$S/psk" |
+    sed '1i [disk d]\nlayers = base\n' >"$S/tls.conf"
+model tls "$S/tls.conf"
+stop_daemon
+is "$DAEMON_STATUS" 0 "tls: layerfs exits 0"
+nbd_layer base "$(nbd_uri tls)" retry-timeout=0 | sed '1i [disk d]\nlayers = base\n' >"$S/notls.conf"
+like "$("$LAYERFS" -f -c "$S/notls.conf" "$S/mnt" 2>&1)" "cannot connect" \
+    "tls: a server requiring TLS refuses a plain nbd+unix URI"
 
 # 3. qemu-nbd over a raw file (one client at a time unless -e: one connection).
 head -c $((16 << 20)) /dev/urandom >"$S/q.raw"

@@ -18,15 +18,16 @@ conf() {
     nbd_layer base "$(nbd_uri base)" "retry-timeout=$1"
 }
 
-# 1. Killed mid-run, back after 1.5 s, within a 20 s window.  The workload writes and reads
+# 1. Killed mid-run, back after 1.5 s, within a 20 s window; then stopped cleanly, and back
+# again.  The workload writes and reads
 # at random offsets, checks every read against its model and fsyncs every 16 writes; it
 # prints its errors, and the model at the end.  Reads and writes must not fail; an fsync
-# may, once, with EIO: the server may have lost writes it acknowledged before it died
+# may, once per loss, with EIO: the server may have lost writes it acknowledged before it died
 # (nbdkit's file plugin does not, so the data must still equal the model).
 serve || exit 1
 conf 20 >"$S/a.conf"
 start_daemon "$S/mnt" -c "$S/a.conf" || exit 1
-python3 - "$S/mnt/d" "$S/model" 6 >"$S/work.out" 2>&1 <<'PY' &
+python3 - "$S/mnt/d" "$S/model" 8 >"$S/work.out" 2>&1 <<'PY' &
 import os, random, sys, time
 path, ref, secs = sys.argv[1], sys.argv[2], float(sys.argv[3])
 fd = os.open(path, os.O_RDWR)
@@ -64,16 +65,20 @@ sleep 1.5
 nbd_kill base KILL
 sleep 1.5
 serve || exit 1
+sleep 1.5
+nbd_kill base TERM      # a clean shutdown this time: ESHUTDOWN, then the socket closes
+sleep 1.5
+serve || exit 1
 wait $work
 out=$(cat "$S/work.out")
-like "$out" "^ops [0-9]+ errors 0 fsync-eio [01]$" "killed and restarted within the window: no errors ($(echo $out | head -c 200))"
+like "$out" "^ops [0-9]+ errors 0 fsync-eio [012]$" "killed and restarted within the window: no errors ($(echo $out | head -c 200))"
 like "$(grep -c 'connection [0-9]* lost' "$S/layerfs.log")" "^[1-9]" "the loss was logged"
 like "$(cat "$S/layerfs.log")" "connection [0-9]* re-established" "the reconnection was logged"
 cmp_file "$S/mnt/d" "$S/model" "after the restart the disk equals the model"
 ok "fsync after the restart" python3 -c "import os; os.fsync(os.open('$S/mnt/d', os.O_RDONLY))"
 stop_daemon
 is "$DAEMON_STATUS" 0 "layerfs exits 0"
-like "$(cat "$S/layerfs.log")" "requests, .* [1-9][0-9]* reconnects, [01] errors" "the figures count the reconnects"
+like "$(cat "$S/layerfs.log")" "requests, .* [1-9][0-9]* reconnects, [012] errors" "the figures count the reconnects"
 cmp_file "$S/base.raw" "$S/model" "the served file equals the model"
 
 # readtime FILE: read 4K at offset 1M with O_DIRECT; prints "OK|ERRNO SECONDS".
