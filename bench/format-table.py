@@ -176,6 +176,24 @@ def main():
               (int(meta.get("lfo_hwm_kib", 0)) / 1024, int(meta.get("qsdo_hwm_kib", 0)) / 1024))
         p()
 
+    if "nbd" in sets:
+        p("### Two layers over NBD: layerfs overlay over driver = nbd vs qemu-storage-daemon "
+          "qcow2 over an nbd blockdev (the same nbdkit file export of the raw file, Unix socket; "
+          "64 KiB blocks, fresh overlays, reads first)")
+        p()
+        t, (met, n) = compare_table(runs, "nbd", workloads, "single", "layerfs",
+                                    "layerfs", "qsd")
+        p("%d of %d targets met; raw is the single-file ceiling (if that set ran)." % (met, n))
+        p()
+        p(t)
+        p()
+        p("Peak RSS (VmHWM): layerfs %.1f MiB, qemu-storage-daemon %.1f MiB." %
+          (int(meta.get("lfn_hwm_kib", 0)) / 1024, int(meta.get("qsdn_hwm_kib", 0)) / 1024))
+        if "lfn_figures" in meta:
+            p()
+            p("layerfs's nbd driver at exit: %s" % meta["lfn_figures"])
+        p()
+
     if "vhost-user" in sets:
         p("### layerfs's virtio-blk-vhost-user driver (over qemu-storage-daemon's vhost-user-blk "
           "export of the same file) vs qemu-storage-daemon's FUSE export")
@@ -215,7 +233,8 @@ def main():
     cols = []
     for s, tg, label in [("single", "qsd", "qsd"), ("single", "layerfs", "layerfs"),
                          ("single", "layerfs-vu", "layerfs-vu"), ("overlay", "qsd", "qsd qcow2"),
-                         ("overlay", "layerfs", "layerfs overlay")]:
+                         ("overlay", "layerfs", "layerfs overlay"), ("nbd", "qsd", "qsd qcow2/nbd"),
+                         ("nbd", "layerfs", "layerfs overlay/nbd")]:
         if any((s, wl, tg) in runs for wl in workloads):
             cols.append((s, tg, label))
     if cols:

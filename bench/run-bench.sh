@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 # The layerfs benchmark: fio on one 1 GiB raw file read directly (the ceiling), through
 # qemu-storage-daemon's FUSE export (the anchor) and through layerfs, in one run; prints one
-# markdown table. Also a 2-layer set (layerfs overlay vs a qcow2 overlay) and a vhost-user set.
+# markdown table. Also a 2-layer set (layerfs overlay vs a qcow2 overlay), a vhost-user set and,
+# on request (--sets nbd), the same overlays over an NBD export of the raw file.
 
 #
 # Notes on the design
@@ -49,8 +50,8 @@ Options:
   --pairs N          runs of each target per workload, the best is kept (default 2)
   --quick            smoke test: --runtime 3 --ramp 0 --pairs 1
   --only LIST        comma-separated workloads (default: all; see below)
-  --sets LIST        comma-separated row sets: single, overlay, vhost-user
-                     (default: all three)
+  --sets LIST        comma-separated row sets: single, overlay, vhost-user, nbd
+                     (default: the first three; nbd needs nbdkit)
   --threads N        layerfs I/O threads (-t; default: layerfs's own default)
   --layerfs-args S   extra arguments for layerfs (word-split)
   --out FILE         also write the table to FILE
@@ -122,7 +123,7 @@ if [ -n "$ONLY" ]; then
 fi
 IFS=, read -r -a SET_LIST <<<"$SETS"
 for s in "${SET_LIST[@]}"; do
-    case $s in single | overlay | vhost-user) ;; *) die "--sets: unknown row set '$s'" ;; esac
+    case $s in single | overlay | vhost-user | nbd) ;; *) die "--sets: unknown row set '$s'" ;; esac
 done
 want_set() { [[ ",$SETS," == *",$1,"* ]]; }
 
@@ -131,6 +132,9 @@ for c in fio qemu-storage-daemon qemu-img fusermount3 python3 dd stat; do
     command -v "$c" >/dev/null || die "$c not found (/work/main/.ci/install-deps installs it)"
 done
 [ -e /dev/fuse ] || die "/dev/fuse is missing"
+if want_set nbd; then
+    command -v nbdkit >/dev/null || die "nbdkit not found (the nbd set serves the base with it)"
+fi
 case $LAYERFS in */*) ;; *) LAYERFS=./$LAYERFS ;; esac
 [ -x "$LAYERFS" ] || die "layerfs binary '$LAYERFS' not found or not executable (--layerfs or \$LAYERFS)"
 LAYERFS=$(cd "$(dirname "$LAYERFS")" && pwd)/$(basename "$LAYERFS")
@@ -448,6 +452,43 @@ if [ "$FAILED" = 0 ] && want_set overlay; then
         reason=$(grep -m1 -i 'format\|overlay' "$WORK/lfo.log" | head -c 200)
         meta overlay_na "overlay format not available${reason:+: $reason}"
     fi
+fi
+
+# --- row set 3: the overlays over an NBD export of the raw base --------------------------
+# nbdkit's file plugin serves the base read-only on a Unix socket; layerfs's overlay uses it
+# through driver = nbd, qemu-storage-daemon's qcow2 overlay through an nbd blockdev as its
+# backing.  Both daemons talk to the same server, in alternating runs.
+if [ "$FAILED" = 0 ] && want_set nbd; then
+    NBDSOCK=$WORK/nbd.sock
+    NBDURI="nbd+unix:///?socket=$NBDSOCK"
+    nbdkit -f -r -U "$NBDSOCK" file "$BASE" >"$WORK/nbdkit.log" 2>&1 &
+    NBDKIT=$!
+    DAEMON_PIDS+=("$NBDKIT")
+    wait_ready "$NBDKIT" nbdkit test -S "$NBDSOCK" || die "nbdkit did not start"
+    qemu-img create -q -f qcow2 -o cluster_size=65536 -u -b "$NBDURI" -F raw \
+        "$WORK/topn.qcow2" "${SIZE_MIB}M" || die "qemu-img create failed"
+    {
+        printf '[disk bench]\nlayers = top base\n\n'
+        printf '[layer top]\nformat = overlay\ndriver = file\npath = %s\n' "$WORK/topn.lfo"
+        printf 'create = true\nblock-size = 65536\ndirect = true\n\n'
+        printf '[layer base]\ndriver = nbd\nuri = %s\nread-only = true\n' "$NBDURI"
+    } >"$WORK/lfn.conf"
+    start_layerfs lfn "$WORK/lfn.conf" || die "layerfs did not mount the overlay over NBD"
+    LFN=$LF_PID
+    start_qsd_fuse qsdn \
+        --blockdev "driver=nbd,node-name=bf,server.type=unix,server.path=$NBDSOCK,read-only=on" \
+        --blockdev "driver=file,node-name=tf,filename=$WORK/topn.qcow2,cache.direct=on,aio=io_uring" \
+        --blockdev "driver=qcow2,node-name=top,file=tf,backing=bf" ||
+        die "qemu-storage-daemon did not export the qcow2 overlay over NBD"
+    QSDN=$QSD_PID
+    run_set nbd "qsd=$WORK/qsdn.mnt=$QSDN" "layerfs=$WORK/lfn.mnt=$LFN" || FAILED=1
+    meta qsdn_hwm_kib "$(hwm_kib "$QSDN")"
+    meta lfn_hwm_kib "$(hwm_kib "$LFN")"
+    stop_daemon "$LFN" "$WORK/lfn.mnt"
+    stop_daemon "$QSDN"
+    stop_pid "$NBDKIT"
+    grep -h 'requests,' "$WORK/lfn.log" | sed 's/.*: \([0-9]* requests,\)/\1/' |
+        head -1 | while read -r l; do meta lfn_figures "$l"; done
 fi
 
 meta load_end "$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -112,6 +112,8 @@ struct bc_dev_stats {
 };
 /* Snapshot the counters. */
 void bc_dev_get_stats(struct bc_dev *dev, struct bc_dev_stats *st);
+/* The driver's non-zero figures as "name value, ..." (g_free), or NULL if it keeps none. */
+char *bc_dev_drv_stats_text(struct bc_dev *dev);
 
 /* ---- range blockers (blocker.c) --------------------------------------------------- */
 

@@ -4,6 +4,7 @@
  * the write-zeroes fallback live here and nowhere else. */
 
 #include <errno.h>
+#include <inttypes.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -172,6 +173,30 @@ void bc_dev_get_stats(struct bc_dev *dev, struct bc_dev_stats *st)
     st->rmw = __atomic_load_n(&dev->n_rmw, __ATOMIC_RELAXED);
     st->bounced = __atomic_load_n(&dev->n_bounced, __ATOMIC_RELAXED);
     st->blocker_waits = __atomic_load_n(&dev->n_blocker_waits, __ATOMIC_RELAXED);
+}
+
+char *bc_dev_drv_stats_text(struct bc_dev *dev)
+{
+    struct bc_drv_stats st = { 0 };
+
+    if (dev->drv->get_stats == NULL)
+        return NULL;
+    dev->drv->get_stats(dev->state, &st);
+    const struct { const char *name; uint64_t v; } f[] = {
+        { "zero-copy requests", st.zero_copy_reqs }, { "zero-copy bytes", st.zero_copy_bytes },
+        { "copied requests", st.copied_reqs }, { "copied bytes", st.copied_bytes },
+        { "remote requests", st.remote_reqs }, { "bytes from remote", st.remote_read_bytes },
+        { "bytes to remote", st.remote_write_bytes }, { "reconnects", st.reconnects },
+        { "errors", st.errors },
+    };
+    GString *s = g_string_new(NULL);
+    /* The figures that apply to the driver: it leaves the others at zero. */
+    for (size_t i = 0; i < G_N_ELEMENTS(f); i++)
+        if (f[i].v != 0)
+            g_string_append_printf(s, "%s%s %" PRIu64, s->len ? ", " : "", f[i].name, f[i].v);
+    if (s->len == 0)
+        g_string_append(s, "no traffic");
+    return g_string_free(s, false);
 }
 
 static void stat_max(uint64_t *max, uint64_t v)

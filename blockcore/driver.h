@@ -71,12 +71,18 @@ struct bc_open_args {
     GHashTable *opts;       /* char* -> char*: driver-specific keys, may be NULL */
 };
 
-/* Data-path counters a driver may keep (the virtio-blk drivers do). */
+/* Data-path counters a driver may keep (the virtio-blk and nbd drivers do); a driver
+ * leaves the ones that do not apply to it at zero. */
 struct bc_drv_stats {
     uint64_t zero_copy_reqs;    /* read/write requests the device served in the caller's memory */
     uint64_t zero_copy_bytes;
     uint64_t copied_reqs;       /* ... that were copied through the driver's own memory */
     uint64_t copied_bytes;
+    uint64_t remote_reqs;       /* requests a remote server answered successfully */
+    uint64_t remote_read_bytes; /* bytes read from a remote server */
+    uint64_t remote_write_bytes;/* bytes written to a remote server */
+    uint64_t reconnects;        /* connections to a remote server re-established */
+    uint64_t errors;            /* requests that failed */
 };
 
 struct bc_driver {

@@ -15,6 +15,7 @@
     X(ram)                      \
     X(fault)                    \
     X(logwrites)                \
+    X(nbd)                      \
     X(virtio_blk_vhost_user)    \
     X(virtio_blk_vfio_pci)
 

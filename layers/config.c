@@ -26,7 +26,7 @@
 
 static const char *const lf_layer_keys[] = {
     "format", "driver", "path", "direct", "read-only", "read-cache", "write-through",
-    "create", "block-size", "base-check", NULL,
+    "create", "block-size", "base-check", "cache-size", NULL,
 };
 
 void lf_pair_free(gpointer p)
@@ -141,6 +141,11 @@ static bool fmt_has_block_size(const struct layer_ops *ops)
     return ops->has_block_size;
 }
 
+static bool fmt_has_cache_size(const struct layer_ops *ops)
+{
+    return ops->has_cache_size;
+}
+
 /* Turn one layer's key/value pairs into a checked lf_layer_cfg.  base_dir: for relative
  * paths (NULL: the current directory). */
 struct lf_layer_cfg *layer_from_pairs(const char *name, const char *origin, GPtrArray *pairs,
@@ -246,6 +251,18 @@ struct lf_layer_cfg *layer_from_pairs(const char *name, const char *origin, GPtr
                 return NULL;
             }
             lc->block_size = bs;
+        } else if (strcmp(k, "cache-size") == 0) {
+            if (!bc_parse_size(v, &lc->cache_size) || lc->cache_size == 0) {
+                g_set_error(errp, LF_ERROR, EINVAL, "%s:cache-size: '%s' is not a size "
+                            "above zero", origin, v);
+                return NULL;
+            }
+            if (!fmt->has_cache_size) {
+                g_autofree char *have = layer_format_list(fmt_has_cache_size);
+                g_set_error(errp, LF_ERROR, EINVAL, "%s:cache-size: only layers of format "
+                            "%s can be bounded read caches", origin, have);
+                return NULL;
+            }
         } else if (drv != NULL && lf_in_list(drv->keys, k)) {
             g_hash_table_replace(lc->driver_opts, g_strdup(k), g_strdup(v));
         } else {
@@ -266,6 +283,11 @@ struct lf_layer_cfg *layer_from_pairs(const char *name, const char *origin, GPtr
     if (drv != NULL && drv->needs_path && !has_path) {
         g_set_error(errp, LF_ERROR, EINVAL, "%s:path: required for driver %s", origin,
                     drv->name);
+        return NULL;
+    }
+    if (lc->cache_size != 0 && !lc->read_cache) {
+        g_set_error(errp, LF_ERROR, EINVAL, "%s:cache-size: only a read cache has a size "
+                    "(set read-cache = true)", origin);
         return NULL;
     }
     if (lc->create && fmt->in_memory) {

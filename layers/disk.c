@@ -663,6 +663,17 @@ struct lf_disk *lf_disk_open(const struct lf_disk_cfg *cfg, bool force_read_only
                         lc->read_cache ? "it is a read cache" : "the disk writes to it");
             goto fail;
         }
+        /* Eviction drops blocks: it must never meet one that is not a copy, and the
+         * space bound admits only fills, which may be skipped (never writes). */
+        if (lc->cache_size != 0 && !disk->read_only && k < disk->nwrite) {
+            g_set_error(errp, LF_ERROR, EINVAL,
+                        "%s:cache-size: disk %s writes to layer %s (%s); a bounded read "
+                        "cache holds only copies of the layers below it and must sit below "
+                        "the disk's writable layer", l->origin,
+                        disk->name, l->name, lc->write_through ? "it is write-through"
+                                                               : "it is the top layer");
+            goto fail;
+        }
         struct layer *below = k + 1 < disk->nlayers ? disk->layers[k + 1] : NULL;
         if (!l->ops->open(l, lc, below, writable, errp))
             goto fail;
@@ -744,6 +755,13 @@ unsigned lf_disk_layer_count(const struct lf_disk *disk)
 const char *lf_disk_layer_name(const struct lf_disk *disk, unsigned i)
 {
     return i < disk->nlayers ? disk->layers[i]->name : NULL;
+}
+
+bool lf_disk_cache_stats(struct lf_disk *disk, unsigned i, struct lf_cache_stats *st)
+{
+    struct layer *l = i < disk->nlayers ? disk->layers[i] : NULL;
+
+    return l != NULL && l->ops->cache_stats != NULL && l->ops->cache_stats(l, st);
 }
 
 const char *lf_disk_layer_format(const struct lf_disk *disk, unsigned i)

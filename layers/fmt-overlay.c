@@ -7,8 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "layers/cache.h"
 #include "layers/overlay.h"
-#include "layers/sparse.h"
 
 /*
  * Notes on the design
@@ -52,6 +52,7 @@ struct ovl_fl {
 struct ovl {
     struct sparse sp;
     struct ovl_file f;
+    struct lf_cache *cache;         /* cache-size set: a bounded read cache (cache.c) */
     bool writable;
     uint64_t base_size;             /* size of the stack below, as measured at open */
     GMutex flock;
@@ -348,6 +349,8 @@ static bool base_check(struct ovl *o, struct layer *l, const struct lf_layer_cfg
 
 /* ---- layer operations ---------------------------------------------------------------- */
 
+static int ovl_close(struct layer *l);
+
 static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct layer *below,
                      bool writable, GError **errp)
 {
@@ -427,7 +430,7 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
     sparse_init(&o->sp, l, o->f.h.size, o->f.h.block_size, &ovl_store, o);
     assert(o->sp.bitmap_len == ovl_flat_len(o->f.h.nblocks) && o->sp.nblocks == o->f.h.nblocks);
     assert(!o->writable || o->f.h.version >= 2);
-    memcpy(o->sp.bitmap, o->f.bitmap, o->sp.bitmap_len);
+    sparse_load(&o->sp, o->f.bitmap);
     g_mutex_init(&o->flock);
     o->queue_tail = &o->queue;
     o->cyc_copy = g_memdup2(o->f.bitmap, ovl_bitmap_mem_len(&o->f.h));
@@ -440,6 +443,14 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
     l->block_size = o->f.h.block_size;
     l->io_align = bc_dev_props(o->f.dev)->req_align;
     l->read_only = !o->writable;
+    if (cfg->cache_size != 0 && o->writable) {
+        o->cache = cache_open(l, &o->sp, cfg->cache_size,
+                              OVL_HEADER_SIZE + o->f.h.bitmap_len, errp);
+        if (o->cache == NULL) {
+            ovl_close(l);
+            return false;
+        }
+    }
     return true;
 
 fail:
@@ -455,6 +466,9 @@ static int ovl_close(struct layer *l)
     struct bc_sync s;
     int res = 0;
 
+    cache_close(o->cache);
+    o->cache = NULL;
+    layer_log_driver_stats(l, o->f.dev);
     if (o->writable) {
         if (bc_sync_begin(&s, NULL, NULL)) {
             ovl_flush(l, s.loop, bc_sync_cb, &s);
@@ -502,6 +516,10 @@ static int ovl_block_status(struct layer *l, uint64_t offset, uint64_t len, uint
 static void ovl_read(struct layer *l, struct bc_loop *loop, const struct iovec *iov,
                      int iovcnt, uint64_t offset, bc_cb *cb, void *opaque)
 {
+    if (ovl_of(l)->cache != NULL) {
+        cache_read(ovl_of(l)->cache, loop, iov, iovcnt, offset, cb, opaque);
+        return;
+    }
     sparse_read(&ovl_of(l)->sp, loop, iov, iovcnt, offset, cb, opaque);
 }
 
@@ -539,6 +557,11 @@ static void ovl_write(struct layer *l, struct bc_loop *loop, const struct iovec 
 {
     struct ovl *o = ovl_of(l);
 
+    if (o->cache != NULL) {
+        assert(flags == LAYER_NO_OVERWRITE);    /* disk.c sends a bounded cache only fills */
+        cache_fill(o->cache, loop, iov, iovcnt, offset, cb, opaque);
+        return;
+    }
     if (flags & BC_REQ_FUA) {
         struct ovl_fua *w = g_new0(struct ovl_fua, 1);
         *w = (struct ovl_fua){ l, loop, cb, opaque };
@@ -569,9 +592,18 @@ static void ovl_discard(struct layer *l, struct bc_loop *loop, uint64_t offset, 
     sparse_discard(&ovl_of(l)->sp, loop, offset, len, cb, opaque);
 }
 
+static bool ovl_cache_stats(struct layer *l, struct lf_cache_stats *st)
+{
+    if (ovl_of(l)->cache == NULL)
+        return false;
+    cache_get_stats(ovl_of(l)->cache, st);
+    return true;
+}
+
 const struct layer_ops layer_fmt_overlay = {
     .format = "overlay",
     .has_block_size = true,
+    .has_cache_size = true,
     .can_create = true,
     .has_base = true,
     .open = ovl_open,
@@ -583,5 +615,6 @@ const struct layer_ops layer_fmt_overlay = {
     .zero = ovl_zero,
     .discard = ovl_discard,
     .flush = ovl_flush,
+    .cache_stats = ovl_cache_stats,
     .can_no_overwrite = true,
 };

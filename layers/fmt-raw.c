@@ -26,6 +26,7 @@ static bool raw_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
 
 static int raw_close(struct layer *l)
 {
+    layer_log_driver_stats(l, dev_of(l));
     bc_dev_close(dev_of(l));
     l->priv = NULL;
     return 0;

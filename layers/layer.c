@@ -58,3 +58,11 @@ struct bc_dev *layer_open_dev(const struct lf_layer_cfg *cfg, bool read_only, bo
     };
     return bc_dev_open(drv, &args, errp);
 }
+
+void layer_log_driver_stats(const struct layer *l, struct bc_dev *dev)
+{
+    g_autofree char *text = bc_dev_drv_stats_text(dev);
+
+    if (text != NULL)
+        g_message("%s: driver %s figures: %s", l->origin, bc_dev_driver_name(dev), text);
+}

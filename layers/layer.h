@@ -36,6 +36,8 @@ struct layer_ops {
     bool in_memory;
     /* Takes the block-size key (presence granularity). */
     bool has_block_size;
+    /* Takes the cache-size key (a bounded read cache, see cache.h). */
+    bool has_cache_size;
     /* create = true makes a new image when the path does not exist (checked at open). */
     bool can_create;
     /* Remembers the stack below it and takes the base-check key. */
@@ -67,6 +69,8 @@ struct layer_ops {
                     bc_cb *cb, void *opaque);
     /* Make completed writes durable. */
     void (*flush)(struct layer *l, struct bc_loop *loop, bc_cb *cb, void *opaque);
+    /* Optional: a bounded read cache's figures; false if the layer is none. */
+    bool (*cache_stats)(struct layer *l, struct lf_cache_stats *st);
     /* True if write() honours LAYER_NO_OVERWRITE (required for read-cache). */
     bool can_no_overwrite;
 };
@@ -109,6 +113,8 @@ int layer_next_status(struct layer *l, uint64_t offset, uint64_t len, uint64_t *
 bool layer_next_is_zero(struct layer *l, uint64_t offset, uint64_t len);
 /* Deliver cb(opaque, res) from loop's next iteration. */
 void layer_complete_later(struct bc_loop *loop, bc_cb *cb, void *opaque, int res);
+/* Log the figures of the layer's driver, if it keeps any (at close). */
+void layer_log_driver_stats(const struct layer *l, struct bc_dev *dev);
 /* Open a bc_dev for a layer's configuration, locked as asked (see struct bc_open_args).
  * NULL with *errp set. */
 struct bc_dev *layer_open_dev(const struct lf_layer_cfg *cfg, bool read_only, bool direct,

@@ -29,6 +29,7 @@ struct lf_layer_cfg {
     bool create;
     uint64_t block_size;    /* overlay block size; 0 = format default */
     bool no_base_check;     /* base-check = false: use an overlay over any base */
+    uint64_t cache_size;    /* bound on a read cache's file space; 0 = unbounded */
     GHashTable *driver_opts;/* driver-specific keys, char* -> char* */
     char *origin;           /* "FILE:GROUP" for messages */
 };
@@ -100,6 +101,19 @@ unsigned lf_disk_layer_count(const struct lf_disk *disk);
 const char *lf_disk_layer_name(const struct lf_disk *disk, unsigned i);
 /* Format of layer i: "raw", "overlay" or "ram". */
 const char *lf_disk_layer_format(const struct lf_disk *disk, unsigned i);
+
+/* The figures of a bounded read cache since the disk opened (layerfs.conf(5)). */
+struct lf_cache_stats {
+    uint64_t hits;          /* cache blocks read from the cache */
+    uint64_t misses;        /* cache blocks read from below on behalf of the cache */
+    uint64_t evictions;     /* blocks evicted */
+    uint64_t filled_bytes;  /* bytes written into the cache by fills */
+    uint64_t below_bytes;   /* bytes read from the layers below through the cache */
+    uint64_t used_blocks;   /* blocks the cache file holds now */
+    uint64_t limit_blocks;  /* blocks it may hold */
+};
+/* Figures of layer i: true if it is a bounded read cache (cache-size), else false. */
+bool lf_disk_cache_stats(struct lf_disk *disk, unsigned i, struct lf_cache_stats *st);
 
 /* ---- overlay files, offline (layerfs-img; not while a disk uses them) --------------- */
 

@@ -46,20 +46,28 @@ struct sp_op {
     struct iovec *wiov;     /* scratch for one segment's iovecs */
 };
 
-static void set_bits(struct sparse *sp, uint64_t b0, uint64_t b1, bool on)
+/* Under sp->lock; returns how many bits changed. */
+static uint64_t set_bits(struct sparse *sp, uint64_t b0, uint64_t b1, bool on)
 {
+    uint64_t n = 0;
+
     for (uint64_t b = b0; b < b1; b++) {
         uint8_t *p = &sp->bitmap[b >> 3];
         uint8_t m = 1u << (b & 7);
         if (((*p & m) != 0) == on)
             continue;
         *p = on ? (*p | m) : (*p & ~m);
+        n++;
         uint64_t page = (b >> 3) / SPARSE_PAGE;
         if (!sp->dirty[page]) {
             sp->dirty[page] = 1;
             sp->ndirty++;
         }
     }
+    if (n > 0)
+        __atomic_store_n(&sp->npresent, on ? sp->npresent + n : sp->npresent - n,
+                         __ATOMIC_RELAXED);
+    return n;
 }
 
 void sparse_init(struct sparse *sp, struct layer *l, uint64_t size, uint32_t bs,
@@ -128,6 +136,21 @@ uint64_t sparse_count(struct sparse *sp)
     return n;
 }
 
+void sparse_load(struct sparse *sp, const uint8_t *bm)
+{
+    memcpy(sp->bitmap, bm, sp->bitmap_len);
+    uint64_t n = sparse_count(sp);
+    __atomic_store_n(&sp->npresent, n, __ATOMIC_RELAXED);
+}
+
+bool sparse_set(struct sparse *sp, uint64_t b, bool on)
+{
+    g_mutex_lock(&sp->lock);
+    bool changed = set_bits(sp, b, b + 1, on) > 0;
+    g_mutex_unlock(&sp->lock);
+    return changed;
+}
+
 void sparse_read(struct sparse *sp, struct bc_loop *loop, const struct iovec *iov, int iovcnt,
                  uint64_t offset, bc_cb *cb, void *opaque)
 {
@@ -176,9 +199,11 @@ static void op_finish(struct sp_op *op)
     if (err == 0) {
         for (guint i = 0; i < op->segs->len; i++) {
             struct sp_seg *s = &g_array_index(op->segs, struct sp_seg, i);
-            if (s->mark)
-                set_bits(sp, s->offset >> sp->shift,
-                         ((s->offset + s->len - 1) >> sp->shift) + 1, true);
+            if (s->mark) {
+                uint64_t n = set_bits(sp, s->offset >> sp->shift,
+                                      ((s->offset + s->len - 1) >> sp->shift) + 1, true);
+                __atomic_store_n(&sp->nmarked, sp->nmarked + n, __ATOMIC_RELAXED);
+            }
         }
     }
     g_mutex_unlock(&sp->lock);

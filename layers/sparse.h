@@ -29,7 +29,9 @@
  * A block becomes present only once its data write has completed, so concurrent readers
  * see either the old (below) or the new contents, never a half-written block.
  *
- * sp->lock (a mutex) protects bitmap, dirty and ndirty; it is never held across I/O.  The
+ * sp->lock (a mutex) protects bitmap, dirty, ndirty and the counters npresent and nmarked
+ * (written under it with atomic stores, so a bounded cache (cache.c) may read them
+ * without it); it is never held across I/O.  The
  * range locks live in sp->locks, under that list's own lock; the two are never held
  * together.
  */
@@ -66,6 +68,8 @@ struct sparse {
     uint8_t *bitmap;        /* bit b of byte b/8, least significant first */
     uint8_t *dirty;         /* per bitmap page: changed since last taken */
     uint64_t ndirty;
+    uint64_t npresent;      /* present blocks */
+    uint64_t nmarked;       /* blocks operations made present since sparse_init */
     struct bc_blocker_list locks;   /* range locks of the operations, in blocks */
 };
 
@@ -78,6 +82,10 @@ void sparse_destroy(struct sparse *sp);
 int sparse_present(struct sparse *sp, uint64_t offset, uint64_t len, uint64_t *pnum);
 /* Number of present blocks. */
 uint64_t sparse_count(struct sparse *sp);
+/* Load a bitmap of bitmap_len bytes (an overlay's at open) and count its present blocks. */
+void sparse_load(struct sparse *sp, const uint8_t *bm);
+/* Set block b present or absent (the caller holds b's range lock); true if it changed. */
+bool sparse_set(struct sparse *sp, uint64_t b, bool on);
 /* Read a present range from the store. */
 void sparse_read(struct sparse *sp, struct bc_loop *loop, const struct iovec *iov, int iovcnt,
                  uint64_t offset, bc_cb *cb, void *opaque);

@@ -176,8 +176,8 @@ static void test_errors(void)
                  "FILE:layer a:size: unknown key (layer keys:");
     expect_error("[disk d]\nlayers = a\n[layer a]\ndriver=null\nfault-len = 1M\n",
                  "FILE:layer a:fault-len: unknown key (layer keys: format driver path direct "
-                 "read-only read-cache write-through create block-size base-check; driver null "
-                 "adds: size align)");
+                 "read-only read-cache write-through create block-size base-check cache-size; "
+                 "driver null adds: size align)");
     expect_error("[disk d]\nlayers = a\nread-only = maybe\n[layer a]\npath=/a\n",
                  "FILE:disk d:read-only: not a boolean: 'maybe'");
     expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\ndirect = 2\n",
@@ -188,6 +188,12 @@ static void test_errors(void)
                  "FILE:layer a:block-size: '1X' is not a power of two");
     expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\nblock-size=64K\n",
                  "FILE:layer a:block-size: only layers of format overlay or ram");
+    expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\nformat=overlay\ncache-size=1G\n",
+                 "FILE:layer a:cache-size: only a read cache has a size (set read-cache");
+    expect_error("[disk d]\nlayers = a\n[layer a]\nformat=ram\nread-cache=1\ncache-size=1G\n",
+                 "FILE:layer a:cache-size: only layers of format overlay can be bounded");
+    expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\nformat=overlay\ncache-size=0\n",
+                 "FILE:layer a:cache-size: '0' is not a size above zero");
     expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\nformat=qcow2\n",
                  "FILE:layer a:format: unknown format 'qcow2'");
     expect_error("[disk d]\nlayers = a\n[layer a]\npath=/a\ndriver=nfs\n",
