@@ -26,7 +26,7 @@
 
 static const char *const lf_layer_keys[] = {
     "format", "driver", "path", "direct", "read-only", "read-cache", "write-through",
-    "create", "block-size", NULL,
+    "create", "block-size", "allow-smaller", NULL,
 };
 
 void lf_pair_free(gpointer p)
@@ -222,6 +222,8 @@ struct lf_layer_cfg *layer_from_pairs(const char *name, const char *origin, GPtr
             ok = lf_bool_key(origin, k, v, &lc->write_through, errp);
         } else if (strcmp(k, "create") == 0) {
             ok = lf_bool_key(origin, k, v, &lc->create, errp);
+        } else if (strcmp(k, "allow-smaller") == 0) {
+            ok = lf_bool_key(origin, k, v, &lc->allow_smaller, errp);
         } else if (strcmp(k, "block-size") == 0) {
             uint64_t bs;
             if (!bc_parse_size(v, &bs) || bs < LF_MIN_BLOCK_SIZE || bs > LF_MAX_BLOCK_SIZE ||
