@@ -91,11 +91,19 @@ struct fo_daemon {
 
 /* ---- setup.c ---- */
 
-/* Print "layerfs: MESSAGE" on stderr. */
+/* Route GLib's and libfuse's messages through fo_emit (setup.c); call first. */
+void fo_log_init(void);
+/* Log an error: "layerfs: MESSAGE" on stderr, or to syslog once detached. */
 void fo_err(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
-/* Same when verbose >= level. */
+/* Log a notice the same way (always shown). */
+void fo_note(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+/* Log at info (level 1) or debug (2) when verbose >= level. */
 void fo_log(int level, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 extern int fo_verbose;
+
+/* Set the signal dispositions (see layerfs(1) SIGNALS) and return a signalfd for the
+ * signals the main thread handles (blocked in every thread); exits 1 on failure. */
+int fo_signals_setup(void);
 
 /* Check that mnt exists, is a directory or (with exactly one disk) a regular file, and is
  * not already a mount; *abs = its absolute path. false and *errp otherwise. */
