@@ -103,6 +103,10 @@ static GLogWriterOutput fo_glib_writer(GLogLevelFlags level, const GLogField *fi
     return G_LOG_WRITER_HANDLED;
 }
 
+/* libfuse writes some lines in pieces: each thread gathers them up to the newline. */
+static __thread char fo_fuse_line[1024];
+static __thread size_t fo_fuse_len;
+
 static void fo_fuse_log(enum fuse_log_level level, const char *fmt, va_list ap)
 {
     int prio = (int)level;  /* libfuse's levels are syslog's */
@@ -111,7 +115,14 @@ static void fo_fuse_log(enum fuse_log_level level, const char *fmt, va_list ap)
     if (prio >= LOG_INFO && fo_verbose < 1)
         return;
     msg = g_strdup_vprintf(fmt, ap);
-    fo_emit(prio, msg, (int)strcspn(msg, "\n"));
+    for (const char *p = msg; *p != '\0'; p++) {
+        if (*p != '\n' && fo_fuse_len < sizeof fo_fuse_line)
+            fo_fuse_line[fo_fuse_len++] = *p;
+        if ((*p == '\n' && fo_fuse_len > 0) || fo_fuse_len == sizeof fo_fuse_line) {
+            fo_emit(prio, fo_fuse_line, (int)fo_fuse_len);
+            fo_fuse_len = 0;
+        }
+    }
 }
 
 void fo_log_init(void)
