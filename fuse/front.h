@@ -34,10 +34,13 @@
  * it), so the thread takes a fresh one for the next receive.  Reads go into pooled
  * page-aligned buffers that fuse_reply_buf copies to the kernel.
  *
- * Shutdown.  SIGTERM/SIGINT/SIGHUP or an unmount: every thread stops receiving; once its
- * in-flight requests have all been replied to it reports "drained"; then one thread flushes
- * every disk; then the loops stop, the mount goes and the disks are closed.  Requests the
- * kernel had queued but no thread had read fail with ENOTCONN: none had been acknowledged.
+ * Shutdown.  A stop signal (SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGXCPU; SIGUSR1 is answered
+ * and the rest ignored, see fo_signals_setup) or an unmount: every thread stops receiving;
+ * once its in-flight requests have all been replied to it reports "drained"; then one
+ * thread flushes every disk; then the loops stop, the mount goes and the disks are closed.
+ * Requests the kernel had queued but no thread had read fail with ENOTCONN: none had been
+ * acknowledged.  A start that fails before the mount serves is undone (close_disks(undo)):
+ * the disks are closed cleanly and overlays the start created are removed.
  */
 
 /* sizeof(struct fuse_in_header) + sizeof(struct fuse_write_in); checked in io.c. */
