@@ -34,10 +34,13 @@
  * it), so the thread takes a fresh one for the next receive.  Reads go into pooled
  * page-aligned buffers that fuse_reply_buf copies to the kernel.
  *
- * Shutdown.  SIGTERM/SIGINT/SIGHUP or an unmount: every thread stops receiving; once its
- * in-flight requests have all been replied to it reports "drained"; then one thread flushes
- * every disk; then the loops stop, the mount goes and the disks are closed.  Requests the
- * kernel had queued but no thread had read fail with ENOTCONN: none had been acknowledged.
+ * Shutdown.  A stop signal (SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGXCPU; SIGUSR1 is answered
+ * and the rest ignored, see fo_signals_setup) or an unmount: every thread stops receiving;
+ * once its in-flight requests have all been replied to it reports "drained"; then one
+ * thread flushes every disk; then the loops stop, the mount goes and the disks are closed.
+ * Requests the kernel had queued but no thread had read fail with ENOTCONN: none had been
+ * acknowledged.  A start that fails before the mount serves is undone (close_disks(undo)):
+ * the disks are closed cleanly and overlays the start created are removed.
  */
 
 /* sizeof(struct fuse_in_header) + sizeof(struct fuse_write_in); checked in io.c. */
@@ -91,11 +94,19 @@ struct fo_daemon {
 
 /* ---- setup.c ---- */
 
-/* Print "layerfs: MESSAGE" on stderr. */
+/* Route GLib's and libfuse's messages through fo_emit (setup.c); call first. */
+void fo_log_init(void);
+/* Log an error: "layerfs: MESSAGE" on stderr, or to syslog once detached. */
 void fo_err(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
-/* Same when verbose >= level. */
+/* Log a notice the same way (always shown). */
+void fo_note(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+/* Log at info (level 1) or debug (2) when verbose >= level. */
 void fo_log(int level, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 extern int fo_verbose;
+
+/* Set the signal dispositions (see layerfs(1) SIGNALS) and return a signalfd for the
+ * signals the main thread handles (blocked in every thread); exits 1 on failure. */
+int fo_signals_setup(void);
 
 /* Check that mnt exists, is a directory or (with exactly one disk) a regular file, and is
  * not already a mount; *abs = its absolute path. false and *errp otherwise. */

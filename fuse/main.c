@@ -43,7 +43,6 @@ enum {
     OPT_READ_ONLY,
     OPT_BOUNCE,
     OPT_CACHE,
-    OPT_VERSION,
 };
 
 /* The options, in --help order: getopt's tables and --help are both made from this one,
@@ -74,7 +73,7 @@ static const struct fo_opt {
     { "cache", OPT_CACHE, required_argument, "=MODE",
       "direct (default: no kernel page cache) or page" },
     { "verbose", 'v', no_argument, "", "log more (twice: also libfuse's request trace)" },
-    { "version", OPT_VERSION, no_argument, "", "print the version and exit" },
+    { "version", 'V', no_argument, "", "print the version and exit" },
     { "help", 'h', no_argument, "", "print this help and exit" },
 };
 
@@ -205,8 +204,9 @@ static void parse_options(int argc, char **argv, struct fo_options *o)
         case 'v':
             fo_verbose++;
             break;
-        case OPT_VERSION:
-            printf("layerfs %s (libfuse %s)\n", PACKAGE_VERSION, fuse_pkgversion());
+        case 'V':
+            /* The first line as layerfs-img prints it. */
+            printf("layerfs %s\nlibfuse %s\n", PACKAGE_VERSION, fuse_pkgversion());
             exit(0);
         case 'h':
             usage(stdout);
@@ -245,7 +245,19 @@ static struct lf_config *build_config(const struct fo_options *o)
     return fo_cfg;
 }
 
-/* Open every disk (as the daemon, after forking); exits 2 on error. */
+static void close_disks(struct fo_daemon *d, bool undo, int *status);
+
+/* A start failed with err: undo the disks opened so far, print err and exit with status. */
+G_NORETURN static void undo_and_die(struct fo_daemon *d, int status, GError *err)
+{
+    int ignore = 0;
+
+    close_disks(d, true, &ignore);
+    die(status, err);
+}
+
+/* Open every disk (as the daemon, after forking); on error undoes what it opened and
+ * exits 2. */
 static void open_disks(struct fo_daemon *d, const struct lf_config *cfg, bool demo,
                        bool read_only)
 {
@@ -258,7 +270,7 @@ static void open_disks(struct fo_daemon *d, const struct lf_config *cfg, bool de
         struct fo_disk *disk = &d->disks[i];
         disk->disk = lf_disk_open(dc, read_only, &err);
         if (disk->disk == NULL)
-            die(2, err);
+            undo_and_die(d, 2, err);
         disk->name = g_strdup(dc->name);
         disk->ino = d->file_mode ? FUSE_ROOT_ID : 2 + i;
         disk->size = lf_disk_size(disk->disk);
@@ -266,16 +278,19 @@ static void open_disks(struct fo_daemon *d, const struct lf_config *cfg, bool de
         disk->read_only = lf_disk_read_only(disk->disk);
         if (demo && strcmp(dc->name, FO_DEMO_NAME) == 0 && !disk->read_only &&
             !fo_demo_fill(disk->disk, &err))
-            die(2, err);
+            undo_and_die(d, 2, err);
         fo_log(1, "disk %s: %" G_GUINT64_FORMAT " bytes%s", disk->name, disk->size,
                disk->read_only ? ", read-only" : "");
     }
 }
 
-static void close_disks(struct fo_daemon *d, int *status)
+/* Close the disks opened so far; undo (a failed start): also remove the images their
+ * opens created. */
+static void close_disks(struct fo_daemon *d, bool undo, int *status)
 {
     for (unsigned i = 0; i < d->ndisks; i++) {
-        int r = lf_disk_close(d->disks[i].disk);
+        struct lf_disk *disk = d->disks[i].disk;
+        int r = undo ? lf_disk_close_undo(disk) : lf_disk_close(disk);
         if (r < 0) {
             fo_err("disk %s: closing: %s", d->disks[i].name, g_strerror(-r));
             *status = 1;
@@ -295,7 +310,32 @@ struct fo_disk *fo_disk_of(struct fo_daemon *d, fuse_ino_t ino)
     return NULL;
 }
 
-/* Wait for an event from the I/O threads or a signal.  Returns the signal number, or 0. */
+/* SIGUSR1: log, for each disk, how many of its bytes each layer serves. */
+static void report_disks(struct fo_daemon *d)
+{
+    for (unsigned i = 0; i < d->ndisks; i++) {
+        struct fo_disk *fd = &d->disks[i];
+        unsigned n = lf_disk_layer_count(fd->disk);
+        g_autofree uint64_t *held = g_new0(uint64_t, n + 1);   /* [n]: zeros */
+        g_autoptr(GString) line = g_string_new(NULL);
+
+        for (uint64_t off = 0, len; off < fd->size; off += len) {
+            int l = lf_disk_map(fd->disk, off, fd->size - off, &len);
+            held[l < 0 ? n : (unsigned)l] += len;
+        }
+        g_string_printf(line, "disk %s: %" G_GUINT64_FORMAT " bytes, %s", fd->name, fd->size,
+                        fd->read_only ? "read-only" : "read-write");
+        for (unsigned l = 0; l < n; l++)
+            g_string_append_printf(line, "; layer %s (%s) serves %" G_GUINT64_FORMAT,
+                                   lf_disk_layer_name(fd->disk, l),
+                                   lf_disk_layer_format(fd->disk, l), held[l]);
+        g_string_append_printf(line, "; zeros %" G_GUINT64_FORMAT, held[n]);
+        fo_note("%s", line->str);
+    }
+}
+
+/* Wait for an event from the I/O threads or a signal.  Returns the number of a signal that
+ * stops the daemon, or 0 (SIGUSR1 is answered here). */
 static int wait_event(struct fo_daemon *d, int sfd)
 {
     struct pollfd p[2] = { { .fd = sfd, .events = POLLIN }, { .fd = d->event_fd,
@@ -311,8 +351,13 @@ static int wait_event(struct fo_daemon *d, int sfd)
     }
     if (p[0].revents & POLLIN) {
         struct signalfd_siginfo si;
-        if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si)
-            return (int)si.ssi_signo;
+        if (read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
+            return 0;
+        if (si.ssi_signo == SIGUSR1) {
+            report_disks(d);
+            return 0;
+        }
+        return (int)si.ssi_signo;
     }
     return 0;
 }
@@ -348,6 +393,7 @@ int main(int argc, char **argv)
     static char *mnt, *pidfile;
     int status = 0;
 
+    fo_log_init();
     parse_options(argc, argv, o);
     struct lf_config *cfg = build_config(o);
     if (!fo_check_mountpoint(o->mountpoint, cfg->disks->len, &d->file_mode, &mnt, &err))
@@ -361,18 +407,10 @@ int main(int argc, char **argv)
     if (!o->foreground)
         fo_daemonize();
 
-    /* Signals go to the main thread's signalfd; the I/O threads inherit the mask. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+    int sfd = fo_signals_setup();
     d->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (sfd < 0 || d->event_fd < 0) {
-        fo_err("signalfd/eventfd: %s", g_strerror(errno));
+    if (d->event_fd < 0) {
+        fo_err("eventfd: %s", g_strerror(errno));
         fo_exit(1);
     }
 
@@ -383,21 +421,24 @@ int main(int argc, char **argv)
     clock_gettime(CLOCK_REALTIME, &d->start);
     d->nthreads = o->threads;
     open_disks(d, cfg, o->demo, o->read_only);
+    /* From here on a failure before the mount serves undoes the start (close_disks). */
     lf_config_free(cfg);
     fo_cfg = NULL;
 
     d->se = make_session(d, o);
     if (d->se == NULL) {
         fo_err("bad FUSE options: %s", o->mount_opts->str);
-        close_disks(d, &status);
+        close_disks(d, true, &status);
         fo_exit(2);
     }
     if (fuse_session_mount(d->se, mnt) != 0) {
         fo_err("%s: cannot mount", mnt);
-        close_disks(d, &status);
+        close_disks(d, true, &status);
         fuse_session_destroy(d->se);
         fo_exit(2);
     }
+    bool ready = false, started = false;
+    int sig = 0;
     d->fuse_fd = fuse_session_fd(d->se);
     if (fcntl(d->fuse_fd, F_SETFL, fcntl(d->fuse_fd, F_GETFL) | O_NONBLOCK) < 0 ||
         !fo_threads_start(d, &err)) {
@@ -408,8 +449,6 @@ int main(int argc, char **argv)
     }
 
     /* Serve; the pidfile appears once FUSE_INIT has been answered. */
-    bool ready = false;
-    int sig = 0;
     while (sig == 0 && !__atomic_load_n(&d->unmounted, __ATOMIC_ACQUIRE)) {
         if (!ready && __atomic_load_n(&d->init_done, __ATOMIC_ACQUIRE)) {
             ready = true;
@@ -422,6 +461,7 @@ int main(int argc, char **argv)
             fo_log(1, "serving %u disk(s) on %s with %u I/O thread(s)", d->ndisks, mnt,
                    d->nthreads);
             fo_daemon_ready();
+            started = true;
         }
         sig = wait_event(d, sfd);
     }
@@ -463,7 +503,7 @@ unmount:
         fo_threads_join(d);
     }
     fuse_session_unmount(d->se);
-    close_disks(d, &status);
+    close_disks(d, !started && status != 0, &status);
     fuse_session_destroy(d->se);
     fo_pidfile_remove(&pf);
     g_string_free(o->mount_opts, TRUE);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* Setup helpers of the daemon: mountpoint checks, the pidfile, daemonizing with a status
- * pipe, the demo disk, logging. */
+/* Setup helpers of the daemon: logging (ours, GLib's and libfuse's, to stderr or syslog),
+ * signal dispositions, mountpoint checks, the pidfile, daemonizing with a status pipe, the
+ * demo disk. */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -8,35 +9,158 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include "fuse/front.h"
 
 int fo_verbose;
 
+/* ---- logging ------------------------------------------------------------------------ */
+
+/*
+ * Every message -- ours, GLib's (g_warning() and friends from the layers and drivers) and
+ * libfuse's -- goes through fo_emit(): "layerfs: MESSAGE" on stderr, or, once a daemon has
+ * detached (fo_daemon_ready()), to syslog(3) as ident "layerfs" with the pid, facility
+ * daemon, at the message's priority.  Info and debug messages need -v.
+ */
+
+/* Set once by fo_daemon_ready(), read by any thread (atomic). */
+static bool fo_detached;
+
+static void fo_emit(int prio, const char *msg, int len)
+{
+    if (__atomic_load_n(&fo_detached, __ATOMIC_ACQUIRE))
+        syslog(prio, "%.*s", len, msg);
+    else
+        fprintf(stderr, "layerfs: %.*s\n", len, msg);
+}
+
+static void fo_vemit(int prio, const char *fmt, va_list ap)
+{
+    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+
+    fo_emit(prio, msg, (int)strlen(msg));
+}
+
 void fo_err(const char *fmt, ...)
 {
     va_list ap;
-    g_autofree char *msg = NULL;
 
     va_start(ap, fmt);
-    msg = g_strdup_vprintf(fmt, ap);
+    fo_vemit(LOG_ERR, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "layerfs: %s\n", msg);
+}
+
+void fo_note(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    fo_vemit(LOG_NOTICE, fmt, ap);
+    va_end(ap);
 }
 
 void fo_log(int level, const char *fmt, ...)
 {
     va_list ap;
-    g_autofree char *msg = NULL;
 
     if (fo_verbose < level)
         return;
     va_start(ap, fmt);
-    msg = g_strdup_vprintf(fmt, ap);
+    fo_vemit(level > 1 ? LOG_DEBUG : LOG_INFO, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "layerfs: %s\n", msg);
+}
+
+static GLogWriterOutput fo_glib_writer(GLogLevelFlags level, const GLogField *fields,
+                                       gsize nfields, gpointer unused)
+{
+    static const struct { GLogLevelFlags level; int prio; } map[] = {
+        { G_LOG_LEVEL_ERROR, LOG_CRIT }, { G_LOG_LEVEL_CRITICAL, LOG_CRIT },
+        { G_LOG_LEVEL_WARNING, LOG_WARNING }, { G_LOG_LEVEL_MESSAGE, LOG_NOTICE },
+        { G_LOG_LEVEL_INFO, LOG_INFO }, { G_LOG_LEVEL_DEBUG, LOG_DEBUG },
+    };
+    int prio = LOG_DEBUG;
+
+    (void)unused;
+    for (size_t i = 0; i < G_N_ELEMENTS(map); i++) {
+        if (level & map[i].level) {
+            prio = map[i].prio;
+            break;
+        }
+    }
+    if (prio >= LOG_INFO && fo_verbose < 1)
+        return G_LOG_WRITER_HANDLED;
+    for (gsize i = 0; i < nfields; i++) {
+        if (strcmp(fields[i].key, "MESSAGE") == 0) {
+            const char *m = fields[i].value;
+            fo_emit(prio, m, fields[i].length < 0 ? (int)strlen(m) : (int)fields[i].length);
+            break;
+        }
+    }
+    return G_LOG_WRITER_HANDLED;
+}
+
+/* libfuse writes some lines in pieces: each thread gathers them up to the newline. */
+static __thread char fo_fuse_line[1024];
+static __thread size_t fo_fuse_len;
+
+static void fo_fuse_log(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+    int prio = (int)level;  /* libfuse's levels are syslog's */
+    g_autofree char *msg = NULL;
+
+    if (prio >= LOG_INFO && fo_verbose < 1)
+        return;
+    msg = g_strdup_vprintf(fmt, ap);
+    for (const char *p = msg; *p != '\0'; p++) {
+        if (*p != '\n' && fo_fuse_len < sizeof fo_fuse_line)
+            fo_fuse_line[fo_fuse_len++] = *p;
+        if ((*p == '\n' && fo_fuse_len > 0) || fo_fuse_len == sizeof fo_fuse_line) {
+            fo_emit(prio, fo_fuse_line, (int)fo_fuse_len);
+            fo_fuse_len = 0;
+        }
+    }
+}
+
+void fo_log_init(void)
+{
+    g_log_set_writer_func(fo_glib_writer, NULL, NULL);
+    fuse_set_log_func(fo_fuse_log);
+}
+
+/* ---- signals ------------------------------------------------------------------------ */
+
+/* Stop the daemon cleanly (drain, flush, unmount): read from the signalfd. */
+static const int fo_stop_signals[] = { SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGXCPU };
+/* Ignored: none of them may kill or stop a daemon whose clients would hang. */
+static const int fo_ignored_signals[] = {
+    SIGPIPE, SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGXFSZ, SIGPWR, SIGSTKFLT,
+    SIGTSTP, SIGTTIN, SIGTTOU,
+};
+
+int fo_signals_setup(void)
+{
+    sigset_t sigs;
+
+    sigemptyset(&sigs);
+    for (size_t i = 0; i < G_N_ELEMENTS(fo_stop_signals); i++)
+        sigaddset(&sigs, fo_stop_signals[i]);
+    sigaddset(&sigs, SIGUSR1);
+    /* Blocked here, so the I/O threads (which inherit the mask) never take them. */
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    for (size_t i = 0; i < G_N_ELEMENTS(fo_ignored_signals); i++)
+        signal(fo_ignored_signals[i], SIG_IGN);
+    for (int s = SIGRTMIN; s <= SIGRTMAX; s++)
+        signal(s, SIG_IGN);
+    int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+    if (sfd < 0) {
+        fo_err("signalfd: %s", g_strerror(errno));
+        fo_exit(1);
+    }
+    return sfd;
 }
 
 /* ---- the mountpoint ----------------------------------------------------------------- */
@@ -200,6 +324,7 @@ void fo_daemonize(void)
     }
     close(p[0]);
     fo_status_fd = p[1];
+    openlog("layerfs", LOG_PID | LOG_NDELAY, LOG_DAEMON);
     if (setsid() < 0)
         fo_err("setsid: %s", g_strerror(errno));
 }
@@ -212,10 +337,10 @@ void fo_daemon_ready(void)
     if (fd >= 0) {
         dup2(fd, STDIN_FILENO);
         dup2(fd, STDOUT_FILENO);
-        if (fo_verbose == 0)
-            dup2(fd, STDERR_FILENO);
+        dup2(fd, STDERR_FILENO);
         close(fd);
     }
+    __atomic_store_n(&fo_detached, true, __ATOMIC_RELEASE);
     if (chdir("/") < 0)
         fo_err("chdir /: %s", g_strerror(errno));
     unsigned char ok = 0;

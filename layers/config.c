@@ -26,7 +26,7 @@
 
 static const char *const lf_layer_keys[] = {
     "format", "driver", "path", "direct", "read-only", "read-cache", "write-through",
-    "create", "block-size", "base-check", "cache-size", NULL,
+    "create", "block-size", "base-check", "cache-size", "allow-smaller", NULL,
 };
 
 void lf_pair_free(gpointer p)
@@ -236,6 +236,8 @@ struct lf_layer_cfg *layer_from_pairs(const char *name, const char *origin, GPtr
             }
             ok = lf_bool_key(origin, k, v, &check, errp);
             lc->no_base_check = !check;
+        } else if (strcmp(k, "allow-smaller") == 0) {
+            ok = lf_bool_key(origin, k, v, &lc->allow_smaller, errp);
         } else if (strcmp(k, "block-size") == 0) {
             uint64_t bs;
             if (!bc_parse_size(v, &bs) || bs < LF_MIN_BLOCK_SIZE || bs > LF_MAX_BLOCK_SIZE ||

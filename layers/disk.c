@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "layers/layer.h"
 
@@ -28,6 +30,13 @@ G_DEFINE_QUARK(lf-error-quark, lf_error)
  * layer_next_status() says of the stack below it, already zeroed.
  */
 
+/* An image file this open created (create = true), to remove if the start is undone. */
+struct lf_created {
+    char *path;
+    dev_t dev;
+    ino_t ino;
+};
+
 struct lf_disk {
     char *name;
     bool read_only;
@@ -39,6 +48,7 @@ struct lf_disk {
     uint64_t alloc_bytes;   /* the last walk's result */
     uint64_t alloc_gen;     /* mod_gen + 1 when that walk started; 0 = none yet */
     int64_t alloc_next;     /* monotonic us before which that walk is reused anyway */
+    GArray *created;        /* struct lf_created, in the order of creation */
 };
 
 /* ---- resolving the stack ----------------------------------------------------------- */
@@ -544,7 +554,23 @@ static bool fmt_can_cache(const struct layer_ops *ops)
     return ops->can_no_overwrite;
 }
 
-static void close_layers(struct lf_disk *disk, int *res)
+/* Remove the image files this open created, each only if its path still names the file
+ * made then. */
+static void remove_created(struct lf_disk *disk)
+{
+    for (guint i = 0; i < disk->created->len; i++) {
+        struct lf_created *c = &g_array_index(disk->created, struct lf_created, i);
+        struct stat st;
+        if (lstat(c->path, &st) == 0 && st.st_dev == c->dev && st.st_ino == c->ino &&
+            unlink(c->path) < 0)
+            g_warning("disk %s: cannot remove %s, created by this start: %s", disk->name,
+                      c->path, g_strerror(errno));
+    }
+}
+
+/* Close every open layer (res: the first error) and free disk; undo: then also remove the
+ * image files this open created. */
+static void close_layers(struct lf_disk *disk, bool undo, int *res)
 {
     for (unsigned i = 0; i < disk->nlayers; i++) {
         struct layer *l = disk->layers[i];
@@ -559,9 +585,97 @@ static void close_layers(struct lf_disk *disk, int *res)
         g_free(l->origin);
         g_free(l);
     }
+    if (undo)
+        remove_created(disk);
+    for (guint i = 0; i < disk->created->len; i++)
+        g_free(g_array_index(disk->created, struct lf_created, i).path);
+    g_array_free(disk->created, true);
     g_free(disk->layers);
     g_free(disk->name);
     g_free(disk);
+}
+
+/* Before opening layer l (lc) with create = true: refuse what creating must not do.
+ * *is_new: nothing is at the path yet, so an image there after the open was made by it. */
+static bool check_create(const struct layer *l, const struct lf_layer_cfg *lc,
+                         const struct layer *below, bool writable, bool *is_new,
+                         GError **errp)
+{
+    struct stat st;
+
+    *is_new = false;
+    if (!lc->create || lc->path == NULL)
+        return true;
+    if (lstat(lc->path, &st) == 0) {
+        if (S_ISLNK(st.st_mode) && stat(lc->path, &st) < 0 && errno == ENOENT) {
+            g_autofree char *target = g_file_read_link(lc->path, NULL);
+            g_set_error(errp, LF_ERROR, ENOENT,
+                        "%s:create: %s is a dangling symlink (to %s); layerfs does not "
+                        "create images through symlinks: create the image at the target, "
+                        "or give its own path", l->origin, lc->path,
+                        target ? target : "?");
+            return false;
+        }
+        return true;
+    }
+    if (errno != ENOENT)
+        return true;    /* the open reports it */
+    if (!writable && (l->disk->read_only || lc->read_only)) {
+        g_set_error(errp, LF_ERROR, EROFS,
+                    "%s:create: %s does not exist, and a layer opened read-only (--read-only, "
+                    "or read-only = true) is not created; create it with layerfs-img create "
+                    "or open the disk writable", l->origin, lc->path);
+        return false;
+    }
+    if (below != NULL && below->size == 0 &&
+        !(lc->driver_opts != NULL && g_hash_table_contains(lc->driver_opts, "size"))) {
+        g_set_error(errp, LF_ERROR, EINVAL,
+                    "%s:create: cannot size %s from layer %s below it: that layer is empty "
+                    "(0 bytes)", l->origin, lc->path, below->name);
+        return false;
+    }
+    *is_new = true;
+    return true;
+}
+
+/* After opening layer l: if is_new, remember the image it created at lc->path. */
+static void note_created(struct lf_disk *disk, const struct lf_layer_cfg *lc, bool is_new)
+{
+    struct stat st;
+
+    if (is_new && lstat(lc->path, &st) == 0 && S_ISREG(st.st_mode)) {
+        struct lf_created c = { g_strdup(lc->path), st.st_dev, st.st_ino };
+        g_array_append_val(disk->created, c);
+    }
+}
+
+/* A layer smaller than one below it hides the end of that layer's data: an error unless the
+ * smaller layer says allow-smaller. */
+static bool check_sizes(const struct lf_disk *disk, const struct lf_disk_cfg *cfg,
+                        GError **errp)
+{
+    for (unsigned i = 0; i < disk->nlayers; i++) {
+        const struct lf_layer_cfg *lc = g_ptr_array_index(cfg->layers, i);
+        struct layer *l = disk->layers[i];
+        struct layer *big = NULL;
+
+        if (lc->allow_smaller)
+            continue;
+        for (unsigned j = i + 1; j < disk->nlayers; j++)
+            if (disk->layers[j]->size > l->size &&
+                (big == NULL || disk->layers[j]->size > big->size))
+                big = disk->layers[j];
+        if (big != NULL) {
+            g_set_error(errp, LF_ERROR, EINVAL,
+                        "%s: layer %s (%" PRIu64 " bytes) is smaller than layer %s below it "
+                        "(%" PRIu64 " bytes) and would hide its last %" PRIu64 " bytes; make "
+                        "%s as large, or set allow-smaller = true on layer %s", l->origin,
+                        l->name, l->size, big->name, big->size, big->size - l->size, l->name,
+                        l->name);
+            return false;
+        }
+    }
+    return true;
 }
 
 /* Check the stack top-down once every layer is open. */
@@ -594,6 +708,13 @@ static bool validate(struct lf_disk *disk, const struct lf_disk_cfg *cfg, GError
             return false;
         }
     }
+    if (disk->layers[0]->size == 0) {
+        g_set_error(errp, LF_ERROR, EINVAL, "%s: layer %s is empty (0 bytes): disk %s would "
+                    "have no data", disk->layers[0]->origin, disk->layers[0]->name, cfg->name);
+        return false;
+    }
+    if (!check_sizes(disk, cfg, errp))
+        return false;
     if (!disk->read_only) {
         for (unsigned i = 0; i < disk->nwrite; i++) {
             struct layer *l = disk->layers[i];
@@ -624,6 +745,7 @@ struct lf_disk *lf_disk_open(const struct lf_disk_cfg *cfg, bool force_read_only
     disk->read_only = cfg->read_only || force_read_only;
     disk->nlayers = cfg->layers->len;
     disk->layers = g_new0(struct layer *, disk->nlayers);
+    disk->created = g_array_new(false, true, sizeof(struct lf_created));
     disk->nwrite = disk->nlayers;
     for (unsigned i = 0; i < disk->nlayers; i++) {
         const struct lf_layer_cfg *lc = g_ptr_array_index(cfg->layers, i);
@@ -675,9 +797,13 @@ struct lf_disk *lf_disk_open(const struct lf_disk_cfg *cfg, bool force_read_only
             goto fail;
         }
         struct layer *below = k + 1 < disk->nlayers ? disk->layers[k + 1] : NULL;
+        bool is_new;
+        if (!check_create(l, lc, below, writable, &is_new, errp))
+            goto fail;
         if (!l->ops->open(l, lc, below, writable, errp))
             goto fail;
         assert(l->priv != NULL);
+        note_created(disk, lc, is_new);
         if (writable && l->read_only) {
             g_set_error(errp, LF_ERROR, EROFS,
                         "%s: layer %s can only be opened read-only, but %s", l->origin,
@@ -700,11 +826,12 @@ struct lf_disk *lf_disk_open(const struct lf_disk_cfg *cfg, bool force_read_only
     return disk;
 
 fail:
-    close_layers(disk, &ignore);
+    close_layers(disk, true, &ignore);
     return NULL;
 }
 
-int lf_disk_close(struct lf_disk *disk)
+/* Flush and close disk; undo: then remove the images its open created. */
+static int disk_close(struct lf_disk *disk, bool undo)
 {
     int res = 0;
     struct bc_sync s;
@@ -718,8 +845,18 @@ int lf_disk_close(struct lf_disk *disk)
     } else {
         res = -ENOMEM;
     }
-    close_layers(disk, &res);
+    close_layers(disk, undo, &res);
     return res;
+}
+
+int lf_disk_close(struct lf_disk *disk)
+{
+    return disk_close(disk, false);
+}
+
+int lf_disk_close_undo(struct lf_disk *disk)
+{
+    return disk_close(disk, true);
 }
 
 const char *lf_disk_name(const struct lf_disk *disk)

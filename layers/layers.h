@@ -27,6 +27,7 @@ struct lf_layer_cfg {
     bool read_cache;
     bool write_through;
     bool create;
+    bool allow_smaller;     /* may be smaller than a layer below, hiding its end */
     uint64_t block_size;    /* overlay block size; 0 = format default */
     bool no_base_check;     /* base-check = false: use an overlay over any base */
     uint64_t cache_size;    /* bound on a read cache's file space; 0 = unbounded */
@@ -62,6 +63,8 @@ struct lf_disk *lf_disk_open(const struct lf_disk_cfg *cfg, bool force_read_only
                              GError **errp);
 /* Flush, mark layers clean and close. Returns 0 or -errno from the final flush. */
 int lf_disk_close(struct lf_disk *disk);
+/* Close as lf_disk_close, then remove the images its open created (if still those files). */
+int lf_disk_close_undo(struct lf_disk *disk);
 /* Disk name. */
 const char *lf_disk_name(const struct lf_disk *disk);
 /* Virtual size in bytes. */

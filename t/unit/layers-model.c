@@ -78,6 +78,7 @@ static void build(struct stack *st, GRand *r, struct tu_model *m)
             }
         }
         lcs[i]->block_size = bs;
+        lcs[i]->allow_smaller = true;   /* mixed sizes are the point */
         lcs[i]->write_through = i < nwt;
         lcs[i]->read_cache = g_rand_int_range(r, 0, 3) == 0;
         p += sprintf(p, " / %s %s %" PRIu64 " bs=%" PRIu64 "%s%s", name, ram ? "ram" : "overlay",

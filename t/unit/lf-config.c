@@ -176,7 +176,8 @@ static void test_errors(void)
                  "FILE:layer a:size: unknown key (layer keys:");
     expect_error("[disk d]\nlayers = a\n[layer a]\ndriver=null\nfault-len = 1M\n",
                  "FILE:layer a:fault-len: unknown key (layer keys: format driver path direct "
-                 "read-only read-cache write-through create block-size base-check cache-size; "
+                 "read-only read-cache write-through create block-size base-check cache-size "
+                 "allow-smaller; "
                  "driver null adds: size align)");
     expect_error("[disk d]\nlayers = a\nread-only = maybe\n[layer a]\npath=/a\n",
                  "FILE:disk d:read-only: not a boolean: 'maybe'");
