@@ -117,13 +117,13 @@ for blk in 512 4096; do
 done
 
 # Zero copy: direct I/O through the file, aligned and not, then the driver's counters, which
-# it logs at close (G_MESSAGES_DEBUG): nothing was copied.  Without arenas
+# it logs at close (a debug message: -v): nothing was copied.  Without arenas
 # (LAYERFS_BUF_POOL=0) the same run must show copies, or the check proves nothing.
 # zc_run POOL: sets ZC_LINE to the driver's counter line.
 zc_run() {
     local f=$MNT/d
     ZC_LINE=
-    LAYERFS_BUF_POOL=$1 G_MESSAGES_DEBUG=all start_daemon "$MNT" -t 2 \
+    LAYERFS_BUF_POOL=$1 start_daemon "$MNT" -v -t 2 \
         --disk "d=driver=virtio-blk-vhost-user,path=$SOCK,num-queues=2" || return 1
     dd if="$SCRATCH/src" of="$f" bs=1M count=1 oflag=direct conv=notrunc status=none
     dd if="$SCRATCH/src" of="$f" bs=64K count=8 seek=40 oflag=direct conv=notrunc status=none

@@ -125,7 +125,7 @@ run "vblk-io on 4096-byte blocks: 2 loops sharing 1 queue of 16" \
 echo "GUEST sum-4k $(sed -n 's/^sha256 //p' /tmp/out)"
 
 # layerfs on the device: odd and concurrent sector-sharing writes through the file.
-G_MESSAGES_DEBUG=all layerfs -f --pidfile /tmp/pid \
+layerfs -f -v --pidfile /tmp/pid \
     --disk "d=driver=virtio-blk-vfio-pci,path=$(echo $dev | sed 's/:/\\:/g')" /mnt >/tmp/lf.log 2>&1 &
 lf=$!
 i=0; while [ ! -s /tmp/pid ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
