@@ -204,8 +204,11 @@ static void cyc_flushed1(void *opaque, int res)
     for (uint64_t p = 0; p < npages; p++) {
         if (!o->cyc_pages[p])
             continue;
-        uint64_t c1 = MIN(((p + 1) * SPARSE_PAGE - 1) / OVL_CHUNK_DATA, nch - 1);
-        for (uint64_t c = p * SPARSE_PAGE / OVL_CHUNK_DATA; c <= c1; c++)
+        /* Whole groups of chunks, so that the writes stay 4096-aligned. */
+        uint64_t c0 = p * SPARSE_PAGE / OVL_CHUNK_DATA / OVL_CHUNK_GROUP * OVL_CHUNK_GROUP;
+        uint64_t c1 = ((p + 1) * SPARSE_PAGE - 1) / OVL_CHUNK_DATA;
+        c1 = MIN(c1 / OVL_CHUNK_GROUP * OVL_CHUNK_GROUP + OVL_CHUNK_GROUP - 1, nch - 1);
+        for (uint64_t c = c0; c <= c1; c++)
             o->cyc_chunks[c] = 1;
     }
     o->cyc_err = 0;

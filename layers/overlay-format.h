@@ -19,8 +19,9 @@
  *
  * Version 1: the bitmap is flat (bit b is bit b%8 of byte b/8) at offset 4096, its length
  * and the data offset fixed by the size and the block size.
- * Version 2: the bitmap is a run of OVL_CHUNK-byte chunks, each carrying its own checksum
- * so that every bitmap write is self-checking: chunk c holds the flat bitmap's bytes
+ * Version 2: the bitmap is a run of OVL_CHUNK-byte chunks (a multiple of 8 of them), each
+ * carrying its own checksum so that every bitmap write is self-checking even when a power
+ * cut tears it at any 512-byte sector boundary: chunk c holds the flat bitmap's bytes
  * [c * OVL_CHUNK_DATA, (c + 1) * OVL_CHUNK_DATA), then u32 c, then u32 CRC-32C of the
  * chunk's first OVL_CHUNK - 4 bytes.  The bitmap may sit before or after the data region
  * (a resize or an upgrade writes a new one in free space, then switches the header).
@@ -44,7 +45,8 @@
 #define OVL_MAX_SIZE (1ull << 60)
 #define OVL_MAX_BITMAP (256ull << 20)   /* bitmap bytes this program loads */
 #define OVL_MAX_OFFSET (1ull << 62)     /* bitmap and data offsets stay below this */
-#define OVL_CHUNK 4096u                 /* v2 bitmap chunk */
+#define OVL_CHUNK 512u                  /* v2 bitmap chunk: one sector, never torn */
+#define OVL_CHUNK_GROUP 8u              /* chunks per 4096-byte bitmap write unit */
 #define OVL_CHUNK_DATA (OVL_CHUNK - 8u) /* bitmap bytes per chunk */
 #define OVL_FP_SAMPLE 4096u             /* bytes per fingerprint sample */
 #define OVL_FP_MAX_SAMPLES 20u
@@ -78,10 +80,12 @@ static inline uint64_t ovl_flat_len(uint64_t nblocks)
 {
     return MAX(4096u, ((nblocks + 7) / 8 + 4095) / 4096 * 4096);
 }
-/* Number of v2 chunks for nblocks. */
+/* Number of v2 chunks for nblocks: whole groups, so the bitmap is a multiple of 4096. */
 static inline uint64_t ovl_nchunks(uint64_t nblocks)
 {
-    return MAX(1u, ((nblocks + 7) / 8 + OVL_CHUNK_DATA - 1) / OVL_CHUNK_DATA);
+    uint64_t n = ((nblocks + 7) / 8 + OVL_CHUNK_DATA - 1) / OVL_CHUNK_DATA;
+
+    return MAX(1u, (n + OVL_CHUNK_GROUP - 1) / OVL_CHUNK_GROUP) * OVL_CHUNK_GROUP;
 }
 /* Bytes of the in-memory bitmap ovl_bitmap_decode fills: the flat bitmap, and for v2 at
  * least every chunk's bytes (so that bits past the last block can be seen and cleared). */

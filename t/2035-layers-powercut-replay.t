@@ -27,7 +27,7 @@
 # LAYERFS_POWERCUT_TRIALS (random subsets per state, default 4), LAYERFS_POWERCUT_SIZE
 # (disk size, default 4206037: 4 MiB and a part block, so every block size ends in a
 # partial block; 20M with block size 512 gives the overlay a bitmap of two pages),
-# LAYERFS_POWERCUT_TEAR (the unit a write may be torn in, default 4096; 0 = never torn).
+# LAYERFS_POWERCUT_TEAR (the unit a write may be torn in, default 512, a sector; 0 = never torn).
 # A failure prints the seed, the log record the power was cut after and the subset, and
 # keeps that state's image in the scratch directory.
 . "$(dirname "$0")/tap.sh"

@@ -11,7 +11,7 @@
  * BLOCK-SIZE is the block-size key (0: none).  DIR must be empty; it keeps the images and
  * the log.  LAYERFS_POWERCUT_OPS (default 200) workload operations,
  * LAYERFS_POWERCUT_TRIALS (default 4) random subsets per state, LAYERFS_POWERCUT_SIZE
- * (default PC_DEFAULT_SIZE) the disk size, LAYERFS_POWERCUT_TEAR (default 4096, 0 = off)
+ * (default PC_DEFAULT_SIZE) the disk size, LAYERFS_POWERCUT_TEAR (default 512, 0 = off)
  * the unit in which a write may be torn.  Exit 0 if every state passed, 1 (and a message
  * naming the seed, the log record and the subset) if not, 2 on a usage or setup error. */
 #include <errno.h>
@@ -412,7 +412,7 @@ int main(int argc, char **argv)
     pc.size = pc_env("LAYERFS_POWERCUT_SIZE", PC_DEFAULT_SIZE);
     pc.nops = (unsigned)pc_env("LAYERFS_POWERCUT_OPS", 200);
     pc.trials = (unsigned)pc_env("LAYERFS_POWERCUT_TRIALS", 4);
-    pc.tear = (uint32_t)pc_env("LAYERFS_POWERCUT_TEAR", 4096);
+    pc.tear = (uint32_t)pc_env("LAYERFS_POWERCUT_TEAR", 512);
     pc.base = g_build_filename(pc.dir, "base.raw", NULL);
     pc.top = g_build_filename(pc.dir, "top.img", NULL);
     pc.log = g_build_filename(pc.dir, "top.log", NULL);
