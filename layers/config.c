@@ -265,7 +265,7 @@ struct lf_layer_cfg *layer_from_pairs(const char *name, const char *origin, GPtr
                             "%s can be bounded read caches", origin, have);
                 return NULL;
             }
-        } else if (drv != NULL && lf_in_list(drv->keys, k)) {
+        } else if ((drv != NULL && lf_in_list(drv->keys, k)) || lf_in_list(fmt->keys, k)) {
             g_hash_table_replace(lc->driver_opts, g_strdup(k), g_strdup(v));
         } else {
             g_autofree char *generic = g_strjoinv(" ", (char **)lf_layer_keys);
@@ -273,6 +273,9 @@ struct lf_layer_cfg *layer_from_pairs(const char *name, const char *origin, GPtr
             if (drv != NULL && drv->keys != NULL) {
                 g_autofree char *dk = g_strjoinv(" ", (char **)drv->keys);
                 extra = g_strdup_printf("; driver %s adds: %s", drv->name, dk);
+            } else if (fmt->keys != NULL) {
+                g_autofree char *fk = g_strjoinv(" ", (char **)fmt->keys);
+                extra = g_strdup_printf("; format %s adds: %s", fmt->format, fk);
             }
             g_set_error(errp, LF_ERROR, EINVAL, "%s:%s: unknown key (layer keys: %s%s)",
                         origin, k, generic, extra ? extra : "");

@@ -201,9 +201,12 @@ static void ram_flush(struct layer *l, struct bc_loop *loop, bc_cb *cb, void *op
     layer_complete_later(loop, cb, opaque, 0);
 }
 
+static const char *const ram_keys[] = { "size", NULL };
+
 const struct layer_ops layer_fmt_ram = {
     .format = "ram",
     .in_memory = true,
+    .keys = ram_keys,
     .has_block_size = true,
     .open = ram_open,
     .close = ram_close,

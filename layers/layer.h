@@ -38,6 +38,9 @@ struct layer_ops {
     bool has_block_size;
     /* Takes the cache-size key (a bounded read cache, see cache.h). */
     bool has_cache_size;
+    /* Keys of this format's own, NULL-terminated (NULL for none); their values are kept
+     * in lf_layer_cfg.driver_opts, beside the driver's. */
+    const char *const *keys;
     /* create = true makes a new image when the path does not exist (checked at open). */
     bool can_create;
     /* Remembers the stack below it and takes the base-check key. */

@@ -117,6 +117,14 @@ is "$(stat -c %s "$SCRATCH/file-mnt")" "0" "the file mountpoint is back to itsel
 is "$?" "2" "two disks on a file mountpoint: exit 2"
 like "$(cat "$SCRATCH/two.err")" "exactly one disk" "and says why"
 
+# A ram layer alone: its own size key sizes it.
+start_daemon "$SCRATCH/file-mnt" --disk "r=format=ram,size=3M" || exit 1
+is "$(stat -c %s "$SCRATCH/file-mnt")" "3145728" "a lone ram layer has its size key's size"
+dd if="$SCRATCH/data" of="$SCRATCH/file-mnt" bs=4096 seek=5 conv=notrunc status=none
+is "$(dd if="$SCRATCH/file-mnt" bs=4096 skip=5 count=25 status=none | head -c 100000 | md5sum)" \
+    "$(md5sum <"$SCRATCH/data")" "the lone ram layer reads back what was written"
+stop_daemon
+
 # The built-in demo disk, and -o passed through.
 start_daemon "$MNT" --demo -o allow_other || exit 1
 like "$(awk -v m="$MNT" '$2 == m { print $4 }' /proc/mounts)" "allow_other" \

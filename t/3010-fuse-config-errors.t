@@ -107,6 +107,11 @@ fails "--disk unknown key" "^layerfs: --disk x:layer 2:colour: unknown key" \
     --disk "x=format=ram:path=$SCRATCH/a.img,colour=red" "$MNT"
 fails "--disk bad boolean" "^layerfs: --disk x:layer 1:read-only: not a boolean" \
     --disk "x=path=$SCRATCH/a.img,read-only=perhaps" "$MNT"
+fails "--disk ram at the bottom without a size" \
+    "^layerfs: --disk x:layer 1:size: a ram layer at the bottom of a stack needs a size" \
+    --disk "x=format=ram" "$MNT"
+fails "--disk size on a raw layer" "^layerfs: --disk x:layer 1:size: unknown key" \
+    --disk "x=format=raw,path=$SCRATCH/a.img,size=1M" "$MNT"
 fails "--disk bad name" "^layerfs: --disk a/b: bad disk name" --disk "a/b=$SCRATCH/a.img" "$MNT"
 fails "--disk missing image" "^layerfs: .*nope.img" --disk "x=$SCRATCH/nope.img" "$MNT"
 
