@@ -391,7 +391,11 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
 
     struct ovl *o = g_new0(struct ovl, 1);
     if (!ovl_file_open(&o->f, cfg->path, cfg, !writable, cfg->direct, 0, &s, &err)) {
-        g_propagate_prefixed_error(errp, g_steal_pointer(&err), "%s: ", l->origin);
+        /* The driver's own messages already begin with the layer's origin. */
+        if (g_str_has_prefix(err->message, l->origin))
+            g_propagate_error(errp, g_steal_pointer(&err));
+        else
+            g_propagate_prefixed_error(errp, g_steal_pointer(&err), "%s: ", l->origin);
         goto fail;
     }
     if (cfg->block_size != 0 && cfg->block_size != o->f.h.block_size) {

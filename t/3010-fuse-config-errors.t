@@ -112,6 +112,9 @@ fails "--disk ram at the bottom without a size" \
     --disk "x=format=ram" "$MNT"
 fails "--disk size on a raw layer" "^layerfs: --disk x:layer 1:size: unknown key" \
     --disk "x=format=raw,path=$SCRATCH/a.img,size=1M" "$MNT"
+fails "--disk missing overlay, said once" \
+    "^layerfs: --disk x:layer 1: [^:]*/nope.ovl: No such file or directory\$" \
+    --disk "x=format=overlay,path=$SCRATCH/nope.ovl:format=ram,size=1M" "$MNT"
 fails "--disk bad name" "^layerfs: --disk a/b: bad disk name" --disk "a/b=$SCRATCH/a.img" "$MNT"
 fails "--disk missing image" "^layerfs: .*nope.img" --disk "x=$SCRATCH/nope.img" "$MNT"
 
