@@ -89,7 +89,6 @@ static void bc_nbd_get_stats(void *state, struct bc_drv_stats *st)
 static void bc_nbd_close_dev(void *state)
 {
     struct bc_nbd *d = state;
-    struct bc_drv_stats st;
 
     if (!d)
         return;
@@ -113,11 +112,6 @@ static void bc_nbd_close_dev(void *state)
         g_hash_table_unref(c->inflight);
         g_array_unref(c->done);
     }
-    bc_nbd_get_stats(d, &st);
-    g_message("%s: %s: %" G_GUINT64_FORMAT " requests, %" G_GUINT64_FORMAT " bytes read, %"
-              G_GUINT64_FORMAT " bytes written, %" G_GUINT64_FORMAT " reconnects, %"
-              G_GUINT64_FORMAT " errors", d->what, d->uri, st.remote_reqs,
-              st.remote_read_bytes, st.remote_write_bytes, st.reconnects, st.errors);
     g_mutex_clear(&d->lock);
     g_free(d->what);
     g_free(d->uri);
