@@ -487,7 +487,7 @@ if [ "$FAILED" = 0 ] && want_set nbd; then
     stop_daemon "$LFN" "$WORK/lfn.mnt"
     stop_daemon "$QSDN"
     stop_pid "$NBDKIT"
-    grep -h 'requests,' "$WORK/lfn.log" | sed 's/.*: \([0-9]* requests,\)/\1/' |
+    grep -h 'driver nbd figures: ' "$WORK/lfn.log" | sed 's/.*driver nbd figures: //' |
         head -1 | while read -r l; do meta lfn_figures "$l"; done
 fi
 
