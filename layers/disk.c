@@ -800,8 +800,11 @@ struct lf_disk *lf_disk_open(const struct lf_disk_cfg *cfg, bool force_read_only
         bool is_new;
         if (!check_create(l, lc, below, writable, &is_new, errp))
             goto fail;
-        if (!l->ops->open(l, lc, below, writable, errp))
+        if (!l->ops->open(l, lc, below, writable, errp)) {
+            /* A format may have created its image before failing: undo that too. */
+            note_created(disk, lc, is_new);
             goto fail;
+        }
         assert(l->priv != NULL);
         note_created(disk, lc, is_new);
         if (writable && l->read_only) {

@@ -328,6 +328,10 @@ static bool base_check(struct ovl *o, struct layer *l, const struct lf_layer_cfg
         g_message("%s: cannot read the layers below overlay %s for their fingerprint (%s): "
                   "not checked", l->origin, cfg->path, g_strerror(-r));
         o->base_size = 0;
+        /* Writes may change the base unseen: forget the record rather than keep a stale
+         * one that would refuse the next mount (the next writable open records anew). */
+        if (o->writable)
+            h->base_size = h->base_fp = 0;
         return true;
     }
     bool moved = (h->flags & OVL_FLAG_COMMIT) ||

@@ -64,6 +64,13 @@ fails_undone "top layer fails over a created one" fg missing --disk "$DISK_A" \
     --disk "b=format=overlay,path=$SCRATCH/garbage.ovl:format=overlay,path=$SCRATCH/mid.ovl,create=true:$SCRATCH/b.img"
 ok "the created middle overlay is gone" test ! -e "$SCRATCH/mid.ovl"
 
+# An overlay that creates its file and then fails to open it (a cache too small for its
+# own header) leaves no file either.
+rm -f "$SCRATCH/cache.ovl"
+fails_undone "a created overlay that then fails" fg missing --disk "$DISK_A" \
+    --disk "b=format=overlay,path=$SCRATCH/top2.ovl,create=true:format=overlay,path=$SCRATCH/cache.ovl,create=true,read-cache=true,cache-size=20K:$SCRATCH/b.img"
+ok "the overlay created by the failed open is gone" test ! -e "$SCRATCH/cache.ovl"
+
 # And a start that succeeds keeps what it created.
 rm -f "$A_OVL"
 start_daemon "$MNT" --disk "$DISK_A" || exit 1
