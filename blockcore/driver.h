@@ -32,6 +32,9 @@ struct bc_props {
     bool fua_native;        /* driver honours BC_REQ_FUA itself */
     bool read_only;
     bool can_grow;          /* writes past the end grow the device */
+    /* block_status is a round trip to a server that may be slow or gone: not for a walk
+     * of the whole device from a request path (layers then take such a device as data). */
+    bool remote;
 };
 
 /* One aligned request as a driver sees it. */

@@ -154,6 +154,7 @@ static bool bc_nbd_limits(const struct bc_open_args *args, struct bc_nbd *d,
         .fua_native = d->can_fua,
         .read_only = d->read_only,
         .can_grow = false,
+        .remote = true,
     };
     return true;
 }

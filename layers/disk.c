@@ -75,9 +75,10 @@ static int stack_map(struct lf_disk *disk, unsigned from, uint64_t offset, uint6
     return -1;
 }
 
-/* Data (1) or hole (0) through the stack from layer from; *pnum bytes. */
-static int stack_status(struct lf_disk *disk, unsigned from, uint64_t offset, uint64_t len,
-                        uint64_t *pnum)
+/* Data (1) or hole (0) through the stack from layer from; *pnum bytes.  local_only: a
+ * remote layer (l->remote) is taken as data without asking its device. */
+static int stack_status_x(struct lf_disk *disk, unsigned from, uint64_t offset, uint64_t len,
+                          uint64_t *pnum, bool local_only)
 {
     uint64_t n;
     int i = stack_map(disk, from, offset, len, &n);
@@ -87,12 +88,22 @@ static int stack_status(struct lf_disk *disk, unsigned from, uint64_t offset, ui
         return 0;
     }
     struct layer *l = disk->layers[i];
+    if (local_only && l->remote) {
+        *pnum = n;
+        return 1;
+    }
     uint64_t m = n;
     int r = l->ops->block_status(l, offset, n, &m);
     if (r < 0)
         return r;
     *pnum = MAX(MIN(m, n), 1);
     return r;
+}
+
+static int stack_status(struct lf_disk *disk, unsigned from, uint64_t offset, uint64_t len,
+                        uint64_t *pnum)
+{
+    return stack_status_x(disk, from, offset, len, pnum, false);
 }
 
 int layer_next_status(struct layer *l, uint64_t offset, uint64_t len, uint64_t *pnum)
@@ -499,14 +510,16 @@ static int64_t thread_cpu_us(void)
     return (int64_t)ts.tv_sec * G_USEC_PER_SEC + ts.tv_nsec / 1000;
 }
 
-/* Bytes the stack reads as data (what SEEK_DATA finds), walked in extents; -errno. */
+/* Bytes the stack reads as data (what SEEK_DATA finds), walked in extents; -errno.  It runs
+ * in getattr, on an I/O thread: remote layers count as data rather than make the thread
+ * wait for a server (a walk of a large NBD export took tens of seconds). */
 static int walk_allocated(struct lf_disk *disk, uint64_t *bytes)
 {
     uint64_t size = lf_disk_size(disk), pos = 0, sum = 0;
 
     while (pos < size) {
         uint64_t n = size - pos;
-        int r = stack_status(disk, 0, pos, size - pos, &n);
+        int r = stack_status_x(disk, 0, pos, size - pos, &n, true);
         if (r < 0)
             return r;
         if (r > 0)

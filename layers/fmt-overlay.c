@@ -453,6 +453,7 @@ static bool ovl_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
     l->size = o->f.h.size;
     l->block_size = o->f.h.block_size;
     l->io_align = bc_dev_props(o->f.dev)->req_align;
+    l->remote = bc_dev_props(o->f.dev)->remote;
     l->read_only = !o->writable;
     if (cfg->cache_size != 0 && o->writable) {
         o->cache = cache_open(l, &o->sp, cfg->cache_size,

@@ -20,6 +20,7 @@ static bool raw_open(struct layer *l, const struct lf_layer_cfg *cfg, struct lay
     l->size = p->size;
     l->block_size = 1;
     l->io_align = p->req_align;
+    l->remote = p->remote;
     l->read_only = p->read_only || !writable;
     return true;
 }

@@ -89,6 +89,7 @@ struct layer {
     uint32_t block_size;    /* presence granularity; 1 for fully present layers */
     uint32_t io_align;      /* preferred I/O granularity (st_blksize) */
     bool read_only;         /* opened read-only */
+    bool remote;            /* its device's block status costs a network round trip */
     bool read_cache;
     bool write_through;
     void *priv;

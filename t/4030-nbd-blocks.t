@@ -77,6 +77,9 @@ want="1048576 1114112 8388608 8392704 0 ENXIO"
 start_daemon "$S/mnt" -c "$S/sp.conf" || exit 1
 is "$(seeks "$S/mnt/d")" "$want" "SEEK_DATA/SEEK_HOLE on an NBD disk follow the server's extents"
 cmp_file "$S/mnt/d" "$S/sparse.raw" "the sparse disk reads as the file"
+# st_blocks does not ask the server (stat must never wait for the network): the NBD layer
+# counts as data in full.
+is "$(stat -c %b "$S/mnt/d")" $(((16 << 20) / 512)) "stat counts an NBD layer as data, without asking"
 stop_daemon
 {
     printf '[disk d]\nlayers = top base\n\n[layer top]\nformat = overlay\npath = %s\n' "$S/top.ovl"
