@@ -124,7 +124,8 @@ char *bc_dev_drv_stats_text(struct bc_dev *dev);
  * earlier conflicting request and strong waiters cannot starve.  In dev.c every write-like
  * request holds one over the bytes it writes (weak for aligned writes, strong for
  * read-modify-write); the sparse layer (layers/sparse.c) locks the blocks an operation
- * touches with strong ones.
+ * touches with strong ones; the read cache's evictions (layers/cache.c) take theirs with
+ * bc_blocker_try_acquire, so that a batch never holds some locks while waiting for others.
  */
 struct bc_blocker {
     uint64_t start, end;
@@ -146,6 +147,8 @@ void bc_blockers_init(struct bc_blocker_list *l);
 void bc_blockers_destroy(struct bc_blocker_list *l);
 /* Enqueue b; true if granted now, else b->task.fn runs on loop once granted. */
 bool bc_blocker_acquire(struct bc_blocker_list *l, struct bc_blocker *b, struct bc_loop *loop);
+/* Grant b now if nothing granted or waiting conflicts: true; else false, b not queued. */
+bool bc_blocker_try_acquire(struct bc_blocker_list *l, struct bc_blocker *b);
 /* Drop a granted blocker and grant the waiters it was holding back. */
 void bc_blocker_release(struct bc_blocker_list *l, struct bc_blocker *b);
 

@@ -50,6 +50,30 @@ bool bc_blocker_acquire(struct bc_blocker_list *l, struct bc_blocker *b, struct 
     return granted;
 }
 
+bool bc_blocker_try_acquire(struct bc_blocker_list *l, struct bc_blocker *b)
+{
+    bool ok = true;
+
+    assert(b->start < b->end);
+    b->loop = NULL;
+    b->next = NULL;
+    g_mutex_lock(&l->lock);
+    /* Nothing granted or waiting may conflict: b overtakes no one and waits for no one. */
+    for (const struct bc_blocker *e = l->head; e && ok; e = e->next)
+        ok = !conflicts(e, b);
+    if (ok) {
+        b->prev = l->tail;
+        if (l->tail)
+            l->tail->next = b;
+        else
+            l->head = b;
+        l->tail = b;
+        b->granted = true;
+    }
+    g_mutex_unlock(&l->lock);
+    return ok;
+}
+
 void bc_blocker_release(struct bc_blocker_list *l, struct bc_blocker *b)
 {
     struct bc_blocker *wake[64];

@@ -29,14 +29,16 @@
  * room (other fills took it) it is skipped: the read it serves already has its data.
  *
  * One batch runs at a time, on the loop of the fill that started it: it takes a strong
- * range lock (sp->locks) on each victim, clears their presence bits, runs a flush cycle of
- * the overlay so that the cleared bits are durable, and only then punches the data and
- * drops the locks.  A crash before the flush leaves the bits set over intact data; after
- * it, the blocks are absent.  Reads from the cache hold a weak range lock over their
- * blocks from the presence check to the end of the store read, so a block is never punched
- * under a read; a read finding a block evicted meanwhile reads from the layers below.  A
- * refill of an evicted block waits behind the batch's lock, so it is written after the
- * punch.  If the flush fails the bits are set again (the data was never touched).
+ * range lock (sp->locks) on each victim that no read or fill holds or awaits (the others
+ * are left out of the batch, so it never waits for a lock while holding one), clears their
+ * presence bits, runs a flush cycle of the overlay so that the cleared bits are durable,
+ * and only then punches the data and drops the locks.  A crash before the flush leaves
+ * the bits set over intact data; after it, the blocks are absent.  Reads from the cache
+ * hold a weak range lock over their blocks from the presence check to the end of the store
+ * read, so a block is never punched under a read; a read finding a block evicted meanwhile
+ * reads from the layers below.  A refill of an evicted block waits behind the batch's
+ * lock, so it is written after the punch.  If the flush fails the bits are set again (the
+ * data was never touched).
  *
  * Only fills reach a bounded cache: disk.c refuses cache-size on a layer in a writable
  * disk's write chain, so every block is a copy of the layers below and eviction loses
@@ -96,6 +98,7 @@ struct lf_cache {
 };
 
 unsigned cache_test_read_delay_us;
+unsigned cache_test_evict_delay_us;
 
 static void add(uint64_t *ctr, uint64_t n)
 {
@@ -230,14 +233,6 @@ static void ev_locked(struct evict *ev)
     c->l->ops->flush(c->l, ev->loop, ev_flushed, ev);
 }
 
-static void ev_granted_task(struct bc_task *task)
-{
-    struct victim *v = bc_container_of(task, struct victim, lock.task);
-
-    if (--v->ev->pending == 0)
-        ev_locked(v->ev);
-}
-
 /* Pick up to want victims with the clock; returns how many. */
 static unsigned ev_pick(struct lf_cache *c, struct victim *v, unsigned want)
 {
@@ -264,35 +259,39 @@ static unsigned ev_pick(struct lf_cache *c, struct victim *v, unsigned want)
     return n;
 }
 
-/* Start a batch freeing at least need blocks (c->running was set by the caller). */
+/* Start a batch freeing at least need blocks (c->running was set by the caller).  Each
+ * victim is locked only if no read or fill holds or awaits it, else dropped from the batch
+ * (it is in use, so hardly the one to evict): a batch that kept some locks while it waited
+ * for others could wait behind a read that waits for one it keeps. */
 static void ev_start(struct lf_cache *c, struct bc_loop *loop, uint64_t need)
 {
     struct evict *ev = g_new0(struct evict, 1);
     unsigned want = (unsigned)MIN(MAX(need, c->batch), (uint64_t)c->sp->nblocks);
+    unsigned picked, n = 0;
 
     ev->c = c;
     ev->loop = loop;
     ev->v = g_new0(struct victim, MAX(want, 1u));
-    ev->n = ev_pick(c, ev->v, want);
-    ev->pending = 1;
-    for (unsigned i = 0; i < ev->n; i++) {
-        struct victim *v = &ev->v[i];
+    picked = ev_pick(c, ev->v, want);
+    for (unsigned i = 0; i < picked; i++) {
+        struct victim *v = &ev->v[n];
+        v->b = ev->v[i].b;
         v->ev = ev;
         v->lock.start = v->b;
         v->lock.end = v->b + 1;
         v->lock.strong = true;
-        v->lock.task.fn = ev_granted_task;
-        ev->pending++;
-        if (bc_blocker_acquire(&c->sp->locks, &v->lock, loop))
-            ev->pending--;
+        if (bc_blocker_try_acquire(&c->sp->locks, &v->lock))
+            n++;
+        unsigned delay = __atomic_load_n(&cache_test_evict_delay_us, __ATOMIC_RELAXED);
+        if (delay > 0)
+            g_usleep(delay);    /* a batch preempted between two of its victims */
     }
-    if (--ev->pending == 0) {
-        if (ev->n == 0) {
-            ev->task.fn = ev_end_task;
-            bc_loop_defer(loop, &ev->task);
-        } else {
-            ev_locked(ev);
-        }
+    ev->n = n;
+    if (ev->n == 0) {
+        ev->task.fn = ev_end_task;
+        bc_loop_defer(loop, &ev->task);
+    } else {
+        ev_locked(ev);
     }
 }
 

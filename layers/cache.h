@@ -27,5 +27,8 @@ void cache_get_stats(struct lf_cache *c, struct lf_cache_stats *st);
 /* Tests only: microseconds a read from the cache sleeps between its presence check and
  * its read (0 = off), to widen the window an eviction must not slip into. */
 extern unsigned cache_test_read_delay_us;
+/* Tests only: microseconds an eviction batch sleeps after each victim's lock request (0 =
+ * off), so that reads on other threads queue between a batch's locks. */
+extern unsigned cache_test_evict_delay_us;
 
 #endif

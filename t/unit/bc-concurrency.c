@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* Write serialization: concurrent unaligned writes that share sectors but not bytes all
  * land; without serialization they demonstrably do not; aligned disjoint writes run in
- * parallel; four threads with their own loops sharing one device. */
+ * parallel; four threads with their own loops sharing one device; the blockers' try-lock
+ * never overtakes a waiter. */
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
@@ -473,6 +474,57 @@ static void test_threads(gconstpointer data)
     tu_loop_free(loop);
 }
 
+/* A blocker whose grant, once it waited, decrements *pending. */
+struct tblk {
+    struct bc_blocker b;
+    unsigned *pending;
+};
+
+static void tblk_granted(struct bc_task *task)
+{
+    --*bc_container_of(task, struct tblk, b.task)->pending;
+}
+
+static bool tblk_acquire(struct bc_blocker_list *l, struct tblk *t, uint64_t start,
+                         uint64_t end, bool strong, unsigned *pending, struct bc_loop *loop)
+{
+    *t = (struct tblk){ .b = { .start = start, .end = end, .strong = strong,
+                               .task.fn = tblk_granted }, .pending = pending };
+    return bc_blocker_acquire(l, &t->b, loop);
+}
+
+/* bc_blocker_try_acquire grants only when nothing granted or waiting conflicts, and a
+ * refusal queues nothing: the waiter is granted as soon as the holder goes. */
+static void test_blocker_try(void)
+{
+    struct bc_loop *loop = bc_loop_new(0, 16, NULL);
+    struct bc_blocker_list l;
+    struct tblk held, waiting;
+    struct bc_blocker t1 = { .start = 2, .end = 3, .strong = true };
+    struct bc_blocker t2 = { .start = 2, .end = 3, .strong = false };
+    struct bc_blocker t3 = { .start = 3, .end = 4, .strong = true };
+    unsigned pending = 1;
+
+    g_assert_nonnull(loop);
+    bc_blockers_init(&l);
+    g_assert_true(tblk_acquire(&l, &held, 0, 2, true, &pending, loop));
+    g_assert_false(tblk_acquire(&l, &waiting, 1, 3, false, &pending, loop));
+    g_assert_false(bc_blocker_try_acquire(&l, &t1));   /* conflicts with the waiter only */
+    t1.start = 0;
+    t1.end = 1;
+    g_assert_false(bc_blocker_try_acquire(&l, &t1));   /* with the holder */
+    g_assert_true(bc_blocker_try_acquire(&l, &t2));    /* weak beside a weak waiter */
+    g_assert_true(bc_blocker_try_acquire(&l, &t3));    /* touches neither */
+    bc_blocker_release(&l, &held.b);
+    g_assert_cmpint(bc_loop_wait(loop, &pending), ==, 0);
+    g_assert_true(waiting.b.granted);
+    bc_blocker_release(&l, &waiting.b);
+    bc_blocker_release(&l, &t2);
+    bc_blocker_release(&l, &t3);
+    bc_blockers_destroy(&l);
+    bc_loop_free(loop);
+}
+
 int main(int argc, char **argv)
 {
     tu_init(&argc, &argv, 150);
@@ -481,6 +533,7 @@ int main(int argc, char **argv)
     g_test_add_func("/concurrency/unserialized-loses-bytes", test_unserialized_loses);
     g_test_add_func("/concurrency/aligned-parallel", test_aligned_parallel);
     g_test_add_func("/concurrency/aligned-vs-rmw", test_aligned_vs_rmw);
+    g_test_add_func("/concurrency/blocker-try", test_blocker_try);
     g_test_add_data_func("/concurrency/threads-one-dev", &kind_ram, test_threads);
     g_test_add_data_func("/concurrency/threads-one-sector", &kind_ram_1byte, test_threads);
     g_test_add_data_func("/concurrency/checked/strided-100", &kind_check, test_strided);

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* Bounded read caches (cache-size, layers/cache.c): the figures match known traffic, reads
- * racing evictions on several threads always see the right data, the file stays within
- * its bound, a restart with a smaller bound evicts down to it, and power cuts while
- * evicting never leave a present block without its data. */
+ * racing evictions on several threads always see the right data, batches of victims never
+ * deadlock with reads queued among their locks, the file stays within its bound, a restart
+ * with a smaller bound evicts down to it, and power cuts while evicting never leave a
+ * present block without its data. */
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
@@ -155,6 +156,7 @@ struct rctx {
     const char *cpath;
     uint64_t limit_bytes;
     bool ok;
+    int finished;           /* set when reader_main returns */
 };
 
 /* Many reads in flight over a hot set and the whole disk, checked as they complete. */
@@ -204,6 +206,7 @@ static gpointer reader_main(gpointer p)
     }
     g_rand_free(r);
     bc_loop_free(loop);
+    __atomic_store_n(&t->finished, 1, __ATOMIC_RELEASE);
     return NULL;
 }
 
@@ -242,6 +245,58 @@ static void test_concurrent_evictions(void)
     g_assert_cmpuint(st.used_blocks, <=, 24);
     g_assert_cmpint(lf_disk_close(d), ==, 0);
     g_assert_cmpuint(du(cpath), <=, SIZE_FOR(24));
+    check_cache_copies(cpath, base, nblocks);
+    lt_disk_free(cfg);
+    rmdir_rf(dir);
+}
+
+/* Batches of ten victims, each batch dawdling after every victim's lock request, while
+ * reads of up to three blocks on other threads queue among its locks: a batch that held
+ * some victims while it waited for others behind such a read (which waits for them) would
+ * hang, so the readers must all be done within a minute. */
+static void test_batch_lock_order(void)
+{
+    g_autofree char *dir = tmpdir();
+    g_autofree char *bpath = g_build_filename(dir, "base.raw", NULL);
+    g_autofree char *cpath = g_build_filename(dir, "cache.ovl", NULL);
+    const unsigned nblocks = 512;
+    g_autofree uint8_t *base = lt_make_file(bpath, (size_t)nblocks * BS, 26);
+    struct lf_disk_cfg *cfg = cache_disk(cpath, bpath, 160);
+    struct lf_disk *d = open_ok(cfg);
+    struct rctx t[NTHREADS];
+    GThread *th[NTHREADS];
+    guint32 seed = tu_seed(27);
+    gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+    unsigned done = 0;
+
+    cache_test_evict_delay_us = 3000;
+    for (unsigned i = 0; i < NTHREADS; i++) {
+        t[i] = (struct rctx){ .disk = d, .base = base, .nblocks = nblocks, .id = i,
+                              .seed = seed, .cpath = cpath, .limit_bytes = SIZE_FOR(160),
+                              .ok = true };
+        th[i] = g_thread_new("reader", reader_main, &t[i]);
+    }
+    while (done < NTHREADS && g_get_monotonic_time() < deadline) {
+        g_usleep(10000);
+        done = 0;
+        for (unsigned i = 0; i < NTHREADS; i++)
+            done += (unsigned)__atomic_load_n(&t[i].finished, __ATOMIC_ACQUIRE);
+    }
+    if (done < NTHREADS)
+        g_test_message("%u of %u readers still waiting after 60 s: the cache hangs",
+                       NTHREADS - done, NTHREADS);
+    g_assert_cmpuint(done, ==, NTHREADS);   /* else abort: the hung threads go with us */
+    for (unsigned i = 0; i < NTHREADS; i++) {
+        g_thread_join(th[i]);
+        g_assert_true(t[i].ok);
+    }
+    cache_test_evict_delay_us = 0;
+    struct lf_cache_stats st = stats(d);
+    g_test_message("hits %" PRIu64 " misses %" PRIu64 " evictions %" PRIu64, st.hits,
+                   st.misses, st.evictions);
+    g_assert_cmpuint(st.evictions, >, 100);
+    g_assert_cmpuint(st.used_blocks, <=, 160);
+    g_assert_cmpint(lf_disk_close(d), ==, 0);
     check_cache_copies(cpath, base, nblocks);
     lt_disk_free(cfg);
     rmdir_rf(dir);
@@ -357,6 +412,7 @@ int main(int argc, char **argv)
     g_assert_nonnull(loop);
     tu_add_isolated("/layers/cache/figures", test_figures);
     tu_add_isolated("/layers/cache/concurrent-evictions", test_concurrent_evictions);
+    tu_add_isolated("/layers/cache/batch-lock-order", test_batch_lock_order);
     tu_add_isolated("/layers/cache/shrink-at-restart", test_shrink);
     tu_add_isolated("/layers/cache/power-cut-while-evicting", test_power_cut);
     tu_add_isolated("/layers/cache/refused-in-write-chain", test_refused_in_write_chain);
