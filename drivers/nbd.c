@@ -243,6 +243,11 @@ static void *bc_nbd_open(const struct bc_open_args *args, struct bc_props *props
                         bc_what(args), uri, i + 1, d->nconns, msg);
             d->nconns = i + 1;
             goto fail;
+        } else if ((msg = bc_nbd_changed(d, c->h))) {
+            g_set_error(errp, BC_ERROR, 0, "%s:uri: %s: connection %u of %u: %s",
+                        bc_what(args), uri, i + 1, d->nconns, msg);
+            d->nconns = i + 1;
+            goto fail;
         }
         c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (c->efd < 0) {
