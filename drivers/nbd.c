@@ -140,9 +140,7 @@ static bool bc_nbd_limits(const struct bc_open_args *args, struct bc_nbd *d,
         return false;
     }
     max = MIN(max, NBD_MAX_TRANSFER_CAP);
-    max -= max % MAX(pref, min) ? max % MAX(pref, min) : 0;
-    if (max < min)
-        max = min;
+    max -= max % min;   /* blockcore needs a multiple of the minimum, not of the preferred */
     d->req_align = (uint32_t)min;
     *props = (struct bc_props){
         .size = d->size,
