@@ -13,21 +13,6 @@ mkdir "$S/mnt"
 head -c $((16 << 20)) /dev/urandom >"$S/base.raw"
 printf '[disk d]\nlayers = base\n\n' >"$S/a.conf"
 nbd_layer base "$(nbd_uri base)" "retry-timeout=2" >>"$S/a.conf"
-# readtime FILE: read 4K at offset 1M with O_DIRECT; prints "OK|ERRNO SECONDS".
-readtime() {
-    python3 - "$1" <<'PY'
-import errno, mmap, os, sys, time
-t = time.time()
-buf = mmap.mmap(-1, 4096)
-try:
-    fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)
-    os.preadv(fd, [buf], 1 << 20)
-    r = "OK"
-except OSError as e:
-    r = errno.errorcode[e.errno]
-print(r, int(time.time() - t))
-PY
-}
 
 # restart WHAT NBDKIT-ARGS...: serve base.raw, start the daemon, restart the server with
 # the arguments given, and expect EIO after the window and a log line naming WHAT.

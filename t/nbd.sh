@@ -8,6 +8,7 @@
 #   nbd_kill NAME [SIG]          kill server NAME (default SIGKILL) and wait for it (at
 #                                most 5 s, then SIGKILL)
 #   nbd_layer LAYER URI [KEY=VALUE...]   a [layer] group for the nbd driver
+#   readtime FILE                read 4K at 1M with O_DIRECT; prints "OK|ERRNO SECONDS"
 
 require_cmd nbdkit
 
@@ -53,4 +54,19 @@ nbd_layer() {
     printf '[layer %s]\ndriver = nbd\nuri = %s\n' "$layer" "$uri"
     [ $# -eq 0 ] || printf '%s\n' "$@" | sed 's/=/ = /'
     printf '\n'
+}
+
+readtime() {
+    python3 - "$1" <<'PY'
+import errno, mmap, os, sys, time
+t = time.time()
+buf = mmap.mmap(-1, 4096)
+try:
+    fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)
+    os.preadv(fd, [buf], 1 << 20)
+    r = "OK"
+except OSError as e:
+    r = errno.errorcode[e.errno]
+print(r, int(time.time() - t))
+PY
 }
