@@ -240,6 +240,31 @@ fail:
     return NULL;
 }
 
+char *bc_nbd_changed(const struct bc_nbd *d, struct nbd_handle *h)
+{
+    int64_t size = nbd_get_size(h), min = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
+
+    if (size != (int64_t)d->size)
+        return g_strdup_printf("the export size changed (%" G_GINT64_FORMAT " bytes, was %"
+                               G_GUINT64_FORMAT ")", size, d->size);
+    if (!d->read_only && nbd_is_read_only(h) != 0)
+        return g_strdup("the export became read-only");
+    if (MAX(min, 1) > d->req_align)
+        return g_strdup_printf("the minimum block size grew (%" G_GINT64_FORMAT ", was %u)",
+                               min, d->req_align);
+    const struct { bool had; int (*now)(struct nbd_handle *); const char *what; } caps[] = {
+        { d->can_flush, nbd_can_flush, "flush" },
+        { d->can_fua, nbd_can_fua, "FUA" },
+        { d->can_trim, nbd_can_trim, "trim" },
+        { d->can_zero, nbd_can_zero, "write zeroes" },
+        { d->nconns > 1, nbd_can_multi_conn, "multi-conn" },
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(caps); i++)
+        if (caps[i].had && caps[i].now(h) != 1)
+            return g_strdup_printf("the server no longer offers %s", caps[i].what);
+    return NULL;
+}
+
 /* ---- the connection thread ----------------------------------------------------------- */
 
 static bool bc_nbd_retryable(int err)
@@ -274,6 +299,7 @@ static void bc_nbd_conn_lost(struct bc_nbd_conn *c, const char *why)
     g_warning("%s: %s: connection %u lost (%s); reconnecting for up to %" G_GINT64_FORMAT
               " s", d->what, d->uri, c->index, why, d->retry_us / G_USEC_PER_SEC);
     c->state = NBD_RETRYING;
+    c->warned = false;
     c->lost_at = c->next_attempt = bc_nbd_now();
     c->backoff_ms = NBD_BACKOFF_MIN_MS;
 }
@@ -296,11 +322,17 @@ static void bc_nbd_try_reconnect(struct bc_nbd_conn *c)
     if (now < c->next_attempt)
         return;
     c->h = bc_nbd_connect(d, now + CLAMP(d->retry_us, G_USEC_PER_SEC, 5 * G_USEC_PER_SEC), &msg);
+    if (c->h && (msg = bc_nbd_changed(d, c->h))) {
+        /* Not the export the first connection had: using it could break a promise made to
+         * the caller (flush covering every connection, FUA, the size), so keep trying. */
+        if (!c->warned)
+            g_warning("%s: %s: connection %u: the server came back, but %s; not using it",
+                      d->what, d->uri, c->index, msg);
+        c->warned = true;
+        nbd_close(c->h);
+        c->h = NULL;
+    }
     if (c->h) {
-        if (nbd_get_size(c->h) != (int64_t)d->size)
-            g_warning("%s: %s: the export changed size across a reconnect (%" G_GINT64_FORMAT
-                      " bytes, was %" G_GUINT64_FORMAT ")", d->what, d->uri,
-                      nbd_get_size(c->h), d->size);
         g_message("%s: %s: connection %u re-established", d->what, d->uri, c->index);
         bc_nbd_add(&d->stats.reconnects, 1);
         c->state = NBD_UP;

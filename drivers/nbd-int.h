@@ -83,6 +83,7 @@ struct bc_nbd_conn {
     int64_t lost_at;            /* monotonic us: when the connection was lost */
     int64_t next_attempt;       /* monotonic us */
     unsigned backoff_ms;
+    bool warned;                /* the server's change was logged since the loss */
     int64_t last_progress;      /* monotonic us: last reply or first request in flight */
     GQueue pending;             /* struct bc_dreq *: to issue, in order */
     GHashTable *inflight;       /* struct bc_nbd_cmd * set */
@@ -146,6 +147,8 @@ static inline int64_t bc_nbd_now(void)
 void bc_nbd_conn_init(struct bc_nbd *d, unsigned i);
 /* A new connected handle for d, or NULL with the reason in *msg; waits until deadline. */
 struct nbd_handle *bc_nbd_connect(struct bc_nbd *d, int64_t deadline, char **msg);
+/* What differs that matters between d's first connection and h, malloc'd, or NULL. */
+char *bc_nbd_changed(const struct bc_nbd *d, struct nbd_handle *h);
 /* The connection thread's body (opaque = struct bc_nbd_conn *); returns when told to stop. */
 gpointer bc_nbd_conn_thread(gpointer opaque);
 /* Queue dreq on connection c and wake its thread; any thread. */

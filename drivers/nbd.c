@@ -140,9 +140,7 @@ static bool bc_nbd_limits(const struct bc_open_args *args, struct bc_nbd *d,
         return false;
     }
     max = MIN(max, NBD_MAX_TRANSFER_CAP);
-    max -= max % MAX(pref, min) ? max % MAX(pref, min) : 0;
-    if (max < min)
-        max = min;
+    max -= max % min;   /* blockcore needs a multiple of the minimum, not of the preferred */
     d->req_align = (uint32_t)min;
     *props = (struct bc_props){
         .size = d->size,
@@ -239,6 +237,11 @@ static void *bc_nbd_open(const struct bc_open_args *args, struct bc_props *props
             c->h = h;
         } else if (!(c->h = bc_nbd_connect(d, bc_nbd_now() + MAX(d->retry_us, G_USEC_PER_SEC),
                                          &msg))) {
+            g_set_error(errp, BC_ERROR, 0, "%s:uri: %s: connection %u of %u: %s",
+                        bc_what(args), uri, i + 1, d->nconns, msg);
+            d->nconns = i + 1;
+            goto fail;
+        } else if ((msg = bc_nbd_changed(d, c->h))) {
             g_set_error(errp, BC_ERROR, 0, "%s:uri: %s: connection %u of %u: %s",
                         bc_what(args), uri, i + 1, d->nconns, msg);
             d->nconns = i + 1;

@@ -83,22 +83,6 @@ like "$(grep 'driver nbd figures' "$S/layerfs.log")" "remote requests .*, reconn
     "the figures count the reconnects"
 cmp_file "$S/base.raw" "$S/model" "the served file equals the model"
 
-# readtime FILE: read 4K at offset 1M with O_DIRECT; prints "OK|ERRNO SECONDS".
-readtime() {
-    python3 - "$1" <<'PY'
-import errno, mmap, os, sys, time
-t = time.time()
-buf = mmap.mmap(-1, 4096)
-try:
-    fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)
-    os.preadv(fd, [buf], 1 << 20)
-    r = "OK"
-except OSError as e:
-    r = errno.errorcode[e.errno]
-print(r, int(time.time() - t))
-PY
-}
-
 # 2. Down for longer than a 2 s window: EIO after the window, not before; the daemon lives;
 # service resumes when the server is back.
 conf 2 >"$S/b.conf"
